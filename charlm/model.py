@@ -1,0 +1,218 @@
+"""The character-level LSTM language model: parameters, forward pass and backward pass.
+
+embedding E -> n_layer LSTM layers (dropout between them) -> dropout -> linear head -> softmax.
+All parameters live in one flat vector `theta` (and their gradients in `grad`), with one
+named view per tensor, so the optimizer and clipping are single passes over memory.
+"""
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from charlm import kernels as K
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 65  # number of distinct characters
+    n_embd: int = 64  # size of the character embedding
+    n_hidden: int = 512  # units per LSTM layer
+    n_layer: int = 2  # stacked LSTM layers
+    dropout: float = 0.2  # between layers and before the head, training only
+    dtype: str = "float32"  # float64 for gradient checks
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "n_embd", "n_hidden", "n_layer"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every parameter tensor, in the order they sit in theta."""
+    V, H = cfg.vocab_size, cfg.n_hidden
+    shapes: dict[str, tuple[int, ...]] = {"E": (V, cfg.n_embd)}
+    n_in = cfg.n_embd
+    for layer in range(cfg.n_layer):
+        shapes[f"W{layer}"] = (n_in, 4 * H)  # input weights, gate blocks i, f, g, o
+        shapes[f"U{layer}"] = (H, 4 * H)  # recurrent weights
+        shapes[f"b{layer}"] = (4 * H,)
+        n_in = H
+    shapes["Wy"] = (H, V)  # head
+    shapes["by"] = (V,)
+    return shapes
+
+
+def split_views(flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Named C-contiguous views into one flat vector."""
+    views, k = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        views[name] = flat[k : k + size].reshape(shape)
+        k += size
+    return views
+
+
+@dataclass
+class State:
+    """The recurrent state carried between windows: h and c of every layer, (n_layer, B, H)."""
+
+    h: np.ndarray
+    c: np.ndarray
+
+
+class Workspace:
+    """Every buffer one forward/backward pass at a given (T, B) needs, allocated once."""
+
+    def __init__(self, cfg: ModelConfig, T: int, B: int) -> None:
+        L, H, V, dt = cfg.n_layer, cfg.n_hidden, cfg.vocab_size, np.dtype(cfg.dtype)
+        self.T, self.B = T, B
+        self.idx = np.empty((T, B), np.int64)  # inputs, time-major
+        self.targets = np.empty((T, B), np.int64)
+        self.EW = np.empty((V, 4 * H), dt)  # E W0 + b0: the first layer's input part per char
+        self.dEW = np.empty((V, 4 * H), dt)
+        self.Z = [np.empty((T, B, 4 * H), dt) for _ in range(L)]  # gates per layer
+        self.Hs = [np.empty((T + 1, B, H), dt) for _ in range(L)]  # h_0 .. h_T per layer
+        self.Cs = [np.empty((T + 1, B, H), dt) for _ in range(L)]
+        self.masks = [np.empty((T, B, H), dt) for _ in range(L)]  # dropout on each layer's h
+        self.dropped = [np.empty((T, B, H), dt) for _ in range(L)]  # h * mask
+        self.logits = np.empty((T * B, V), dt)
+        self.R = np.empty((B, 4 * H), dt)
+        self.dh = np.empty((B, H), dt)
+        self.dc = np.empty((B, H), dt)
+        self.dZ = np.empty((T, B, 4 * H), dt)
+        self.dH = np.empty((T, B, H), dt)
+        self.outputs: list[np.ndarray] = []  # each layer's output as the next layer sees it
+
+
+class CharLSTM:
+    """The model: config, flat parameters and gradients, and workspaces per (T, B)."""
+
+    def __init__(self, cfg: ModelConfig, theta: np.ndarray | None = None, seed: int = 0) -> None:
+        cfg.validate()
+        self.config = cfg
+        self.shapes = param_shapes(cfg)
+        self.dtype = np.dtype(cfg.dtype)
+        n = sum(int(np.prod(s)) for s in self.shapes.values())
+        self.theta = np.zeros(n, self.dtype)
+        self.grad = np.zeros(n, self.dtype)
+        self.params = split_views(self.theta, self.shapes)
+        self.grads = split_views(self.grad, self.shapes)
+        if theta is None:
+            self.init_params(np.random.default_rng(seed))
+        else:
+            self.theta[:] = theta
+        self._workspaces: dict[tuple[int, int], Workspace] = {}
+
+    @property
+    def n_params(self) -> int:
+        return self.theta.size
+
+    def init_params(self, rng: np.random.Generator) -> None:
+        """Uniform(+-1/sqrt(H)) weights as torch's nn.LSTM, N(0, 1) embedding, forget bias 1."""
+        H = self.config.n_hidden
+        k = 1.0 / np.sqrt(H)
+        for name, p in self.params.items():
+            if name == "E":
+                p[:] = rng.standard_normal(p.shape)
+            elif name == "by":
+                p[:] = 0
+            else:
+                p[:] = rng.uniform(-k, k, p.shape)
+        for layer in range(self.config.n_layer):
+            b = self.params[f"b{layer}"]
+            b[:] = 0
+            b[H : 2 * H] = 1.0  # remember by default until the gradient says otherwise
+
+    def zero_state(self, B: int) -> State:
+        shape = (self.config.n_layer, B, self.config.n_hidden)
+        return State(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype))
+
+    def workspace(self, T: int, B: int) -> Workspace:
+        ws = self._workspaces.get((T, B))
+        if ws is None:
+            ws = self._workspaces[(T, B)] = Workspace(self.config, T, B)
+        return ws
+
+    def sample_masks(self, ws: Workspace, rng: np.random.Generator) -> list[np.ndarray]:
+        """Inverted-dropout masks, each entry 0 or 1/keep, drawn into the workspace."""
+        keep = 1.0 - self.config.dropout
+        for m in ws.masks:
+            rng.random(out=m, dtype=m.dtype)
+            # u ~ U[0, 1): floor(u + keep) is 1 with probability keep, else 0
+            np.floor(m + m.dtype.type(keep), out=m)
+            m *= m.dtype.type(1.0 / keep)
+        return ws.masks
+
+    def forward(self, idx: np.ndarray, state: State,
+                masks: list[np.ndarray] | None = None) -> Workspace:
+        """Logits for idx (B, T) from `state`, which is advanced in place to the final state.
+
+        masks: one (T, B, H) dropout mask per layer's output, or None for no dropout.
+        The logits are left in ws.logits, (T*B, V) time-major.
+        """
+        B, T = idx.shape
+        p = self.params
+        ws = self.workspace(T, B)
+        ws.idx[:] = idx.T
+        N, H4 = T * B, 4 * self.config.n_hidden
+        # x_t = E[idx_t], so x_t W0 + b0 is a row of the (V, 4H) table E W0 + b0
+        K.linear_forward(p["E"], p["W0"], p["b0"], ws.EW)
+        K.gather_rows(ws.EW, ws.idx.reshape(N), ws.Z[0].reshape(N, H4))
+        ws.outputs = []
+        for layer in range(self.config.n_layer):
+            Z, Hs, Cs = ws.Z[layer], ws.Hs[layer], ws.Cs[layer]
+            if layer > 0:
+                x = ws.outputs[-1].reshape(N, -1)
+                K.linear_forward(x, p[f"W{layer}"], p[f"b{layer}"], Z.reshape(N, H4))
+            Hs[0], Cs[0] = state.h[layer], state.c[layer]
+            K.lstm_forward(Z, p[f"U{layer}"], Hs, Cs, ws.R)
+            state.h[layer], state.c[layer] = Hs[T], Cs[T]
+            out = Hs[1:]
+            if masks is not None:
+                out = np.multiply(out, masks[layer], out=ws.dropped[layer])
+            ws.outputs.append(out)
+        K.linear_forward(ws.outputs[-1].reshape(N, -1), p["Wy"], p["by"], ws.logits)
+        return ws
+
+    def loss_and_grad(self, idx: np.ndarray, targets: np.ndarray, state: State,
+                      masks: list[np.ndarray] | None = None) -> float:
+        """Mean cross-entropy (nats/char) of targets (B, T) given idx (B, T); fills self.grad.
+
+        state is advanced in place to the state after the window (truncated BPTT).
+        """
+        ws = self.forward(idx, state, masks)
+        B, T = idx.shape
+        N, H = T * B, self.config.n_hidden
+        p, d = self.params, self.grads
+        ws.targets[:] = targets.T
+        dlogits = ws.logits  # overwritten in place
+        loss = K.softmax_cross_entropy(ws.logits, ws.targets.reshape(N), dlogits)
+        # dH holds dL/d(output of the layer being processed), walking down the stack
+        K.linear_backward(ws.outputs[-1].reshape(N, H), p["Wy"], dlogits, ws.dH.reshape(N, H),
+                          d["Wy"], d["by"])
+        for layer in range(self.config.n_layer - 1, -1, -1):
+            if masks is not None:
+                ws.dH *= masks[layer]
+            K.lstm_backward(ws.Z[layer], p[f"U{layer}"], ws.Hs[layer], ws.Cs[layer], ws.dH,
+                            ws.dZ, ws.dh, ws.dc, d[f"U{layer}"])
+            dZ = ws.dZ.reshape(N, 4 * H)
+            if layer > 0:
+                K.linear_backward(ws.outputs[layer - 1].reshape(N, H), p[f"W{layer}"], dZ,
+                                  ws.dH.reshape(N, H), d[f"W{layer}"], d[f"b{layer}"])
+            else:
+                K.scatter_add_rows(dZ, ws.idx.reshape(N), ws.dEW)
+                K.linear_backward(p["E"], p["W0"], ws.dEW, d["E"], d["W0"], d["b0"])
+        return float(loss)
+
+    def loss(self, idx: np.ndarray, targets: np.ndarray, state: State) -> float:
+        """Total cross-entropy in nats of targets (B, T) given idx (B, T), without dropout."""
+        ws = self.forward(idx, state)
+        ws.targets[:] = targets.T
+        return float(K.cross_entropy(ws.logits, ws.targets.reshape(-1)))
