@@ -104,7 +104,7 @@ def lstm_forward(Z, U, Hs, Cs, R):
 
 
 @nb.njit(**LEAF)
-def lstm_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU):
+def lstm_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UT):
     r"""Backpropagate through one LSTM layer over T steps (truncated at the window).
 
     With dh_t = dL/dh_t (from above plus from step t+1) and dc_t = dL/dc_t:
@@ -125,12 +125,14 @@ def lstm_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU):
     dZ : (T, B, 4H) out: dL/dz_t, the gradient of the pre-activations.
     dh, dc : (B, H) workspaces for the gradient carried back in time.
     dU : (H, 4H) out: dL/dU.
+    UT : (4H, H) workspace for a contiguous copy of U^T (BLAS reads it faster than U.T).
     """
     T, B, H4 = G.shape
     H = H4 // 4
     # nothing flows in from beyond the window: truncated BPTT
     dh[:] = 0
     dc[:] = 0
+    UT[:] = U.T
     for t in range(T - 1, -1, -1):
         for n in range(B):
             gi, gf, gg, go = G[t, n, :H], G[t, n, H : 2 * H], G[t, n, 2 * H : 3 * H], G[t, n, 3 * H :]
@@ -149,7 +151,7 @@ def lstm_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU):
                 dzo[j] = dh_j * tanh_c * o * (ONE - o)
                 dc_n[j] = dc_j * f
         if t > 0:
-            np.dot(dZ[t], U.T, dh)
+            np.dot(dZ[t], UT, dh)
     # weight gradient with one large matrix multiply after the time loop
     Hprev = Hs.reshape((T + 1) * B, H)[: T * B]
     np.dot(Hprev.T, dZ.reshape(T * B, H4), dU)

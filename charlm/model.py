@@ -11,6 +11,8 @@ import numpy as np
 
 from charlm import kernels as K
 
+CELLS = ("lstm",)
+
 
 @dataclass
 class ModelConfig:
@@ -20,6 +22,7 @@ class ModelConfig:
     n_layer: int = 2  # stacked LSTM layers
     dropout: float = 0.2  # between layers and before the head, training only
     dtype: str = "float32"  # float64 for gradient checks
+    cell: str = "lstm"  # the recurrent cell
 
     def validate(self) -> None:
         for name in ("vocab_size", "n_embd", "n_hidden", "n_layer"):
@@ -27,6 +30,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
@@ -84,6 +89,7 @@ class Workspace:
         self.dropped = [np.empty((T, B, H), dt) for _ in range(L)]  # h * mask
         self.logits = np.empty((T * B, V), dt)
         self.R = np.empty((B, 4 * H), dt)
+        self.UT = np.empty((4 * H, H), dt)
         self.dh = np.empty((B, H), dt)
         self.dc = np.empty((B, H), dt)
         self.dZ = np.empty((T, B, 4 * H), dt)
@@ -201,7 +207,7 @@ class CharLSTM:
             if masks is not None:
                 ws.dH *= masks[layer]
             K.lstm_backward(ws.Z[layer], p[f"U{layer}"], ws.Hs[layer], ws.Cs[layer], ws.dH,
-                            ws.dZ, ws.dh, ws.dc, d[f"U{layer}"])
+                            ws.dZ, ws.dh, ws.dc, d[f"U{layer}"], ws.UT)
             dZ = ws.dZ.reshape(N, 4 * H)
             if layer > 0:
                 K.linear_backward(ws.outputs[layer - 1].reshape(N, H), p[f"W{layer}"], dZ,

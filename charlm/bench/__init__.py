@@ -1,0 +1,1 @@
+"""Benchmarks: charlm against an optional PyTorch peer, measured side by side in one process."""

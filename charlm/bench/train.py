@@ -1,0 +1,156 @@
+"""`charlm bench train`: chars/s of full training steps, charlm and PyTorch side by side.
+
+A step is forward, backward, global-norm clipping and Adam on a batch of B x T characters.
+The PyTorch peer (nn.Embedding -> nn.LSTM -> nn.Linear) runs in the same process on the same
+shapes and thread count, in blocks interleaved with ours, so machine noise hits both alike.
+"""
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from charlm import kernels
+from charlm.model import CharLSTM, ModelConfig
+from charlm.optim import Adam, clip_grad_norm
+
+CONFIGS = ((2, 128), (2, 512))
+VOCAB = 65
+LR, CLIP = 2e-3, 5.0
+
+
+def blas_threads() -> int:
+    """Threads our BLAS uses (OpenBLAS honours OPENBLAS_NUM_THREADS, else one per core)."""
+    return int(os.environ.get("OPENBLAS_NUM_THREADS") or os.cpu_count() or 1)
+
+
+def charlm_step(n_layer: int, n_hidden: int, B: int, T: int) -> Callable[[], float]:
+    cfg = ModelConfig(vocab_size=VOCAB, n_embd=n_hidden, n_hidden=n_hidden, n_layer=n_layer,
+                      dropout=0.0)
+    model = CharLSTM(cfg, seed=0)
+    opt = Adam(model.n_params, model.dtype)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, VOCAB, (B, T)), rng.integers(0, VOCAB, (B, T))
+    state = model.zero_state(B)
+
+    def step() -> float:
+        loss = model.loss_and_grad(x, y, state)
+        clip_grad_norm(model.grad, CLIP)
+        opt.update(model.theta, model.grad, LR)
+        return loss
+
+    return step
+
+
+def torch_step(n_layer: int, n_hidden: int, B: int, T: int) -> Callable[[], float] | None:
+    """The equivalent PyTorch training step, or None when torch is not importable."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(blas_threads())
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(VOCAB, n_hidden)
+    lstm = torch.nn.LSTM(n_hidden, n_hidden, n_layer, batch_first=True)
+    head = torch.nn.Linear(n_hidden, VOCAB)
+    params = [*emb.parameters(), *lstm.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=LR)
+    x = torch.randint(0, VOCAB, (B, T))
+    y = torch.randint(0, VOCAB, (B, T))
+    state = None
+
+    def step() -> float:
+        nonlocal state
+        out, state = lstm(emb(x), state)
+        state = tuple(s.detach() for s in state)  # truncated BPTT, as ours
+        loss = torch.nn.functional.cross_entropy(head(out).reshape(-1, VOCAB), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP)
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def seconds_per_step(step: Callable[[], float], n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    return (time.perf_counter() - t0) / n
+
+
+def profile_charlm(n_layer: int, n_hidden: int, B: int, T: int, n: int) -> dict[str, float]:
+    """Milliseconds per step spent in each kernel, by wrapping the kernels module's functions."""
+    totals: dict[str, float] = {}
+    originals = {name: getattr(kernels, name) for name in
+                 ("lstm_forward", "lstm_backward", "linear_forward", "linear_backward",
+                  "gather_rows", "scatter_add_rows", "softmax_cross_entropy")}
+
+    def timed(name, fn):
+        def wrapper(*args):
+            t0 = time.perf_counter()
+            out = fn(*args)
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
+            return out
+        return wrapper
+
+    step = charlm_step(n_layer, n_hidden, B, T)
+    step()
+    try:
+        for name, fn in originals.items():
+            setattr(kernels, name, timed(name, fn))
+        total = seconds_per_step(step, n)
+    finally:
+        for name, fn in originals.items():
+            setattr(kernels, name, fn)
+    profile = {name: t / n * 1e3 for name, t in sorted(totals.items(), key=lambda kv: -kv[1])}
+    profile["other (optimizer, clipping, dropout, python)"] = total * 1e3 - sum(profile.values())
+    profile["total"] = total * 1e3
+    return profile
+
+
+def run_train_bench(batch: int = 50, seq_len: int = 50, rounds: int = 5, json_out: bool = False,
+                    profile: bool = False,
+                    configs: tuple[tuple[int, int], ...] = CONFIGS) -> list[dict]:
+    """Time charlm and (when importable) torch on each config; print and return the results."""
+    results = []
+    for n_layer, n_hidden in configs:
+        ours = charlm_step(n_layer, n_hidden, batch, seq_len)
+        peer = torch_step(n_layer, n_hidden, batch, seq_len)
+        # warm-up: compile (or load cached) kernels, touch every buffer, let torch plan
+        warm = max(1, int(0.3 / seconds_per_step(ours, 1)))
+        seconds_per_step(ours, warm)
+        if peer is not None:
+            seconds_per_step(peer, 2)
+        # a block of about half a second per measurement
+        block = max(1, int(0.5 / seconds_per_step(ours, 1)))
+        t_ours, t_peer = [], []
+        for _ in range(rounds):
+            t_ours.append(seconds_per_step(ours, block))
+            if peer is not None:
+                t_peer.append(seconds_per_step(peer, block))
+        chars = batch * seq_len
+        ours_cps = chars / statistics.median(t_ours)
+        peer_cps = chars / statistics.median(t_peer) if t_peer else None
+        row = {"what": "train", "n_layer": n_layer, "n_hidden": n_hidden, "batch": batch,
+               "seq_len": seq_len, "charlm_chars_per_s": round(ours_cps),
+               "torch_chars_per_s": round(peer_cps) if peer_cps else None,
+               "ratio": round(ours_cps / peer_cps, 3) if peer_cps else None}
+        results.append(row)
+        if json_out:
+            print(json.dumps(row), flush=True)
+        else:
+            peer_txt = (f"torch {peer_cps:>9,.0f} chars/s   ratio {row['ratio']:.2f}"
+                        if peer_cps else "torch not importable")
+            print(f"train {n_layer}x{n_hidden:<4} batch {batch} x seq_len {seq_len}: "
+                  f"charlm {ours_cps:>9,.0f} chars/s   {peer_txt}", flush=True)
+        if profile:
+            prof = profile_charlm(n_layer, n_hidden, batch, seq_len, block * 2)
+            for name, ms in prof.items():
+                share = ms / prof["total"] * 100
+                print(f"    {name:<46} {ms:8.2f} ms/step  {share:5.1f} %")
+    return results
