@@ -1,0 +1,236 @@
+"""The `charlm` command line: train, eval, info, sample, corpus, bench, serve."""
+
+import functools
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from charlm.errors import CharlmError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="A character-level LSTM language model: train, sample, serve.")
+corpus_app = typer.Typer(no_args_is_help=True, help="Named corpora: list, fetch, generate.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against an optional torch peer.")
+app.add_typer(corpus_app, name="corpus")
+app.add_typer(bench_app, name="bench")
+
+
+def fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(1)
+
+
+def friendly(fn):
+    """Turn CharlmError (and file-system errors) into a one-line message and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CharlmError as e:
+            raise fail(str(e)) from None
+        except OSError as e:
+            raise fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted") from None
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+@app.command()
+@friendly
+def train(
+    corpus: Annotated[Optional[str], typer.Argument(  # noqa: UP045 (typer needs Optional)
+        help="A UTF-8 text file, or a corpus name from `charlm corpus list`. "
+             "Default: the offline corpus built from Python's standard library.")] = None,
+    n_layer: Annotated[int, typer.Option(min=1, help="Stacked LSTM layers.")] = 2,
+    n_hidden: Annotated[int, typer.Option(min=1, help="Units per LSTM layer.")] = 512,
+    n_embd: Annotated[int, typer.Option(min=1, help="Size of the character embedding.")] = 64,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.95,
+                                           help="Dropout between layers and before the head.")
+                       ] = 0.2,
+    seq_len: Annotated[int, typer.Option(min=1, help="Characters per window (BPTT length).")
+                       ] = 100,
+    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams through the text.")
+                          ] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (> 0).")
+                  ] = 2e-3,
+    optimizer: Annotated[str, typer.Option(help="adam or rmsprop.")] = "adam",
+    lr_decay: Annotated[str, typer.Option(help="Schedule: cosine, linear or constant.")
+                        ] = "cosine",
+    min_lr_frac: Annotated[float, typer.Option(min=0.0, max=1.0,
+                                               help="The schedule ends at lr x this.")] = 0.1,
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Linear warm-up steps.")] = 0,
+    grad_clip: Annotated[float, typer.Option(min=0.0, help="Global-norm clip (0: off).")] = 5.0,
+    val_frac: Annotated[float, typer.Option(min=0.0, max=0.5,
+                                            help="Tail of the corpus held out.")] = 0.1,
+    eval_every: Annotated[int, typer.Option(min=1, help="Steps between evaluations.")] = 250,
+    max_steps: Annotated[int, typer.Option(min=0, help="Stop after this many steps.")] = 0,
+    max_epochs: Annotated[float, typer.Option(min=0.0, help="Stop after this many epochs.")
+                          ] = 0.0,
+    max_minutes: Annotated[float, typer.Option(
+        min=0.0, help="Wall-clock budget in minutes (10 when no --max-* is given).")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed for weights, dropout and sampling.")] = 1337,
+    out: Annotated[Path, typer.Option(help="Directory for checkpoints and metrics.")
+                   ] = Path("checkpoints"),
+    resume: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Continue from this checkpoint (weights, optimizer, data position, RNG).")] = None,
+    encoding_errors: Annotated[str, typer.Option(
+        help="strict: invalid UTF-8 is an error; replace: use U+FFFD and go on.")] = "strict",
+    dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
+) -> None:
+    """Train a character-level LSTM on a text file; write checkpoints to --out."""
+    from charlm.train import TrainConfig
+
+    cfg = TrainConfig(seq_len=seq_len, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                      lr_decay=lr_decay, min_lr_frac=min_lr_frac, warmup_steps=warmup_steps,
+                      grad_clip=grad_clip, val_frac=val_frac, eval_every=eval_every,
+                      max_steps=max_steps, max_epochs=max_epochs, max_minutes=max_minutes,
+                      seed=seed)
+    cfg.validate()
+    if encoding_errors not in ("strict", "replace"):
+        raise CharlmError("--encoding-errors must be strict or replace")
+    from charlm.model import ModelConfig
+
+    model_cfg = ModelConfig(n_embd=n_embd, n_hidden=n_hidden, n_layer=n_layer, dropout=dropout,
+                            dtype=dtype)
+    from charlm.run import run_training
+
+    run_training(corpus, model_cfg, cfg, out, resume, encoding_errors)
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or directory.")],
+    file: Annotated[Path, typer.Argument(help="A UTF-8 text file to score.")],
+    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams.")] = 32,
+    seq_len: Annotated[int, typer.Option(min=1, help="Characters per window.")] = 100,
+    encoding_errors: Annotated[str, typer.Option(help="strict or replace.")] = "strict",
+) -> None:
+    """Loss of a model on a text, in nats/char and bits/char (unknown characters are skipped)."""
+    from charlm.checkpoint import find_checkpoint, load_checkpoint
+    from charlm.data import Vocab, read_text
+    from charlm.train import LN2, estimate_loss
+
+    ck = load_checkpoint(find_checkpoint(checkpoint))
+    text = read_text(file, encoding_errors=encoding_errors)
+    vocab = Vocab(ck.vocab)
+    ids = vocab.encode(text, unknown="drop")
+    skipped = len(text) - len(ids)
+    if len(ids) < 2:
+        raise CharlmError(f"{file} has fewer than 2 characters the model knows")
+    loss = estimate_loss(ck.model(), ids, batch_size, seq_len)
+    typer.echo(f"{loss:.4f} nats/char  {loss / LN2:.4f} bits/char  over {len(ids) - 1:,} "
+               f"characters of {file}" + (f" ({skipped:,} not in the vocabulary, skipped)"
+                                           if skipped else ""))
+
+
+@app.command()
+@friendly
+def info(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or directory.")
+                          ] = Path("checkpoints"),
+) -> None:
+    """Config, parameter count, vocabulary, steps, best val loss and loss history of a model."""
+    from charlm.checkpoint import find_checkpoint, load_checkpoint
+    from charlm.train import LN2
+
+    path = find_checkpoint(checkpoint)
+    ck = load_checkpoint(path)
+    meta, cfg = ck.meta, ck.config
+    best = meta.get("best_val_loss")
+    lines = [
+        f"checkpoint  {path}  (sha256 {ck.sha256[:16]}, charlm {meta.get('charlm_version')})",
+        f"model       {cfg.n_layer} x {cfg.n_hidden} LSTM, embedding {cfg.n_embd}, "
+        f"dropout {cfg.dropout}, {cfg.dtype}: {ck.theta.size:,} parameters",
+        f"vocabulary  {cfg.vocab_size} symbols: {''.join(ck.vocab)!r}",
+        f"training    {meta['step']:,} steps, epoch {meta['epoch']}, corpus "
+        f"{meta.get('corpus') or '?'} (sha256 {str(meta.get('corpus_sha256'))[:16]})",
+        "best val    " + (f"{best:.4f} nats/char ({best / LN2:.3f} bits/char)"
+                          if best is not None else "none"),
+    ]
+    train_h, val_h = meta["train_history"], meta["val_history"]
+    if train_h:
+        lines.append(f"train loss  {train_h[0]['train_loss']:.3f} at step {train_h[0]['step']} "
+                     f"-> {train_h[-1]['train_loss']:.3f} at step {train_h[-1]['step']}")
+    if val_h:
+        pts = val_h if len(val_h) <= 8 else [val_h[round(k * (len(val_h) - 1) / 7)]
+                                              for k in range(8)]
+        lines.append("val loss    " + ", ".join(f"{r['val_loss']:.3f}@{r['step']}" for r in pts))
+    tcfg = meta.get("train_config") or {}
+    if tcfg:
+        lines.append("options     " + " ".join(f"--{k.replace('_', '-')} {v}"
+                                                for k, v in tcfg.items()))
+    typer.echo("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------------------------
+# corpus
+
+
+@corpus_app.command("list")
+@friendly
+def corpus_list() -> None:
+    """The named corpora, and whether each is available offline."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from charlm.corpora import list_corpora
+
+    table = Table("name", "size", "here", "description", "path")
+    for c in list_corpora():
+        size = f"{c.size / 1e6:.1f} MB" if c.size else "?"
+        table.add_row(c.name, size, "yes" if c.available else "no", c.description, str(c.path))
+    Console().print(table)
+
+
+@corpus_app.command("fetch")
+@friendly
+def corpus_fetch(
+    name: Annotated[str, typer.Argument(help="A corpus name from `charlm corpus list`.")],
+    out: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Directory to write to (default: the charlm cache).")] = None,
+    url: Annotated[Optional[str], typer.Option(help="Download from here instead.")  # noqa: UP045
+                   ] = None,
+) -> None:
+    """Download a named corpus (sha256 checked, written atomically)."""
+    from charlm.corpora import fetch
+
+    path = fetch(name, dest_dir=out, url=url, progress=sys.stderr.isatty())
+    typer.echo(str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# bench
+
+
+@bench_app.command("train")
+@friendly
+def bench_train(
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    profile: Annotated[bool, typer.Option(help="Also print where charlm's time goes.")] = False,
+    batch: Annotated[int, typer.Option(min=1)] = 50,
+    seq_len: Annotated[int, typer.Option(min=1)] = 50,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved measurement rounds.")] = 5,
+) -> None:
+    """chars/s of full training steps at 2x128 and 2x512, and the ratio to torch."""
+    from charlm.bench.train import run_train_bench
+
+    run_train_bench(batch=batch, seq_len=seq_len, rounds=rounds, json_out=json_out,
+                    profile=profile)
+
+
+def main() -> None:  # pragma: no cover - the console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

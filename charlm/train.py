@@ -1,0 +1,325 @@
+"""The training job: batches through the corpus, evaluates, checkpoints, and resumes exactly."""
+
+import json
+import math
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from charlm import checkpoint as ckpt
+from charlm.data import Batcher, Corpus, iter_eval
+from charlm.errors import CharlmError
+from charlm.model import CharLSTM, ModelConfig, State
+from charlm.optim import OPTIMIZERS, clip_grad_norm
+
+LN2 = math.log(2)
+DEFAULT_MINUTES = 10.0  # the budget when no --max-* is given
+
+
+@dataclass
+class TrainConfig:
+    seq_len: int = 100  # characters per window: backprop runs this far back in time
+    batch_size: int = 32  # parallel streams through the text
+    lr: float = 2e-3  # peak learning rate
+    optimizer: str = "adam"  # adam | rmsprop
+    lr_decay: str = "cosine"  # cosine | linear | constant, from lr down to lr * min_lr_frac
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 0  # linear warm-up to lr
+    grad_clip: float = 5.0  # clip the global gradient norm to this; 0 disables
+    val_frac: float = 0.1  # the tail of the corpus held out for validation
+    eval_every: int = 250  # steps between evaluations (and checkpoints)
+    log_every: int = 10  # steps between train-loss records in the history
+    max_steps: int = 0  # stop after this many steps in all (0: no limit)
+    max_epochs: float = 0.0  # stop after this many passes over the training text (0: no limit)
+    max_minutes: float = 0.0  # stop after this much wall-clock time (0: no limit)
+    seed: int = 1337
+
+    def validate(self) -> None:
+        positive = ("seq_len", "batch_size", "eval_every", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise CharlmError(f"--{name.replace('_', '-')} must be at least 1")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise CharlmError(f"--lr must be a positive number, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise CharlmError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.lr_decay not in ("cosine", "linear", "constant"):
+            raise CharlmError("--lr-decay must be one of cosine, linear, constant")
+        if not 0 <= self.min_lr_frac <= 1:
+            raise CharlmError("--min-lr-frac must be in [0, 1]")
+        if not 0 <= self.val_frac <= 0.5:
+            raise CharlmError(f"--val-frac must be in [0, 0.5], got {self.val_frac}")
+        for name in ("warmup_steps", "max_steps", "max_epochs", "max_minutes", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise CharlmError(f"--{name.replace('_', '-')} must not be negative")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def get_lr(it: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate at step it: linear warm-up, then decay to lr * min_lr_frac at total_steps."""
+    if it < cfg.warmup_steps:
+        return cfg.lr * (it + 1) / cfg.warmup_steps
+    if cfg.lr_decay == "constant" or total_steps <= cfg.warmup_steps:
+        return cfg.lr
+    progress = min(1.0, (it - cfg.warmup_steps) / (total_steps - cfg.warmup_steps))
+    min_lr = cfg.lr * cfg.min_lr_frac
+    if cfg.lr_decay == "linear":
+        return cfg.lr - (cfg.lr - min_lr) * progress
+    return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def estimate_loss(model: CharLSTM, data: np.ndarray, batch_size: int, seq_len: int) -> float:
+    """Mean nats/char over all of data, streams carrying state from window to window."""
+    total, count, state, B = 0.0, 0, None, 0
+    for x, y in iter_eval(data, batch_size, seq_len):
+        if state is None or x.shape[0] != B:
+            B = x.shape[0]
+            state = model.zero_state(B)
+        total += model.loss(x, y, state)
+        count += y.size
+    if count == 0:
+        return float("nan")
+    return total / count
+
+
+class StopFlag:
+    """Turns SIGINT/SIGTERM into a request to stop after the current step; a second Ctrl-C
+    stops at once (the last checkpoint on disk is whole: writes are atomic)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+@dataclass
+class Event:
+    """What the trainer reports to its caller (the CLI draws it)."""
+
+    kind: str  # start | step | eval | done
+    step: int
+    total_steps: int
+    train_loss: float = float("nan")
+    val_loss: float = float("nan")
+    chars_per_s: float = 0.0
+    sample: str = ""
+    message: str = ""
+
+
+class Trainer:
+    """Owns the model, optimizer, data streams and RNG, and everything a checkpoint must hold."""
+
+    def __init__(self, corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
+                 resume: ckpt.Checkpoint | None = None) -> None:
+        cfg.validate()
+        self.corpus, self.cfg, self.out = corpus, cfg, Path(out)
+        self.vocab = corpus.vocab
+        corpus.require_length(cfg.batch_size, cfg.seq_len)
+        self.steps_per_epoch = max(1, (len(corpus.train) - 1) // (cfg.batch_size * cfg.seq_len))
+        if resume is None:
+            model_cfg.vocab_size = self.vocab.vocab_size
+            try:
+                model_cfg.validate()
+            except ValueError as e:
+                raise CharlmError(str(e)) from None
+            self.model = CharLSTM(model_cfg, seed=cfg.seed)
+            self.opt = OPTIMIZERS[cfg.optimizer](self.model.n_params, self.model.dtype)
+            self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
+            self.batcher = Batcher(corpus.train, cfg.batch_size, cfg.seq_len)
+            self.state = self.model.zero_state(cfg.batch_size)
+            self.step = 0
+            self.train_history: list[dict] = []
+            self.val_history: list[dict] = []
+            self.best_val_loss = float("inf")
+            self.total_steps = 0
+            self.loss_window = [0.0, 0]  # train loss summed since the last record, and steps
+        else:
+            self._restore(resume)
+        self.masks_ws = self.model.workspace(cfg.seq_len, cfg.batch_size)
+
+    # -- checkpoint state ----------------------------------------------------------------------
+
+    def _restore(self, c: ckpt.Checkpoint) -> None:
+        meta = c.meta
+        if meta.get("corpus_sha256") != self.corpus.sha256:
+            raise CharlmError(f"{self.corpus.name} is not the corpus this checkpoint was "
+                              "trained on (sha256 differs)")
+        if list(c.vocab) != list(self.vocab.itos):
+            raise CharlmError("the checkpoint's vocabulary differs from this corpus's")
+        saved = TrainConfig.from_dict(meta["train_config"])
+        for name in ("seq_len", "batch_size", "optimizer", "val_frac", "seed"):
+            if getattr(saved, name) != getattr(self.cfg, name):
+                raise CharlmError(f"--{name.replace('_', '-')} cannot change on resume "
+                                  f"(checkpoint: {getattr(saved, name)})")
+        self.model = c.model()
+        self.opt = OPTIMIZERS[self.cfg.optimizer](self.model.n_params, self.model.dtype)
+        self.opt.load_state({k: v for k, v in c.opt_state.items()
+                             if not k.startswith("state_")})
+        self.rng = np.random.Generator(np.random.PCG64())
+        self.rng.bit_generator.state = meta["rng_state"]
+        self.batcher = Batcher(self.corpus.train, self.cfg.batch_size, self.cfg.seq_len,
+                               position=meta["data_position"])
+        self.state = State(c.opt_state["state_h"].copy(), c.opt_state["state_c"].copy())
+        self.step = int(meta["step"])
+        self.train_history = list(meta["train_history"])
+        self.val_history = list(meta["val_history"])
+        self.best_val_loss = float(meta.get("best_val_loss") or "inf")
+        self.total_steps = int(meta.get("total_steps", 0))
+        self.loss_window = list(meta.get("loss_window", [0.0, 0]))
+
+    def save(self, name: str) -> Path:
+        path = self.out / f"{name}.npz"
+        meta = {
+            "train_config": asdict(self.cfg),
+            "step": self.step,
+            "epoch": self.batcher.epoch,
+            "data_position": self.batcher.position,
+            "rng_state": self.rng.bit_generator.state,
+            "train_history": self.train_history,
+            "val_history": self.val_history,
+            "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
+            "total_steps": self.total_steps,
+            "loss_window": self.loss_window,
+            "corpus": self.corpus.name,
+            "corpus_sha256": self.corpus.sha256,
+        }
+        # the streams' recurrent state too: without it a resumed run would not be bit-exact
+        arrays = {**self.opt.state(), "state_h": self.state.h, "state_c": self.state.c}
+        ckpt.save_checkpoint(path, self.model, self.vocab.itos, meta, arrays)
+        return path
+
+    def _record(self, history: list[dict], row: dict) -> None:
+        history.append(row)
+        with open(self.out / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def train_step(self) -> float:
+        x, y = self.batcher.next_batch()
+        if self.batcher.wrapped:  # a new pass over the text: streams restart, so does state
+            self.state.h[:] = 0
+            self.state.c[:] = 0
+        masks = None
+        if self.model.config.dropout > 0:
+            masks = self.model.sample_masks(self.masks_ws, self.rng)
+        loss = self.model.loss_and_grad(x, y, self.state, masks)
+        if not math.isfinite(loss):
+            raise CharlmError(f"the loss became {loss} at step {self.step + 1}; training stopped "
+                              "(try a lower --lr); the last good checkpoint is kept")
+        clip_grad_norm(self.model.grad, self.cfg.grad_clip)
+        self.opt.update(self.model.theta, self.model.grad, get_lr(self.step, self.cfg,
+                                                                   self.total_steps))
+        self.step += 1
+        return loss
+
+    def evaluate(self) -> float:
+        if len(self.corpus.val) < 2:
+            return float("nan")
+        return estimate_loss(self.model, self.corpus.val, self.cfg.batch_size, self.cfg.seq_len)
+
+    def sample(self, n: int = 200) -> str:
+        from charlm.generate import Generator
+
+        gen = Generator(self.model, self.vocab.itos)
+        return "".join(t.text for t in gen.generate("", max_new_chars=n, temperature=0.8,
+                                                    seed=self.step))
+
+    def _step_limit(self) -> int:
+        """The step at which a step or epoch budget ends (0: none)."""
+        limits = []
+        if self.cfg.max_steps:
+            limits.append(self.cfg.max_steps)
+        if self.cfg.max_epochs:
+            limits.append(math.ceil(self.cfg.max_epochs * self.steps_per_epoch))
+        return min(limits) if limits else 0
+
+    def run(self, stop: StopFlag | None = None) -> Iterator[Event]:
+        """Train until a budget runs out or a stop is requested, yielding events."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        cfg = self.cfg
+        minutes = cfg.max_minutes
+        limit = self._step_limit()
+        if not limit and not minutes:
+            minutes = DEFAULT_MINUTES
+        if self.step == 0:
+            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        else:  # the metrics file mirrors the checkpoint's history, nothing past it
+            with open(self.out / "metrics.jsonl", "w", encoding="utf-8") as f:
+                rows = sorted(self.train_history + self.val_history, key=lambda r: r["step"])
+                f.writelines(json.dumps(row) + "\n" for row in rows)
+        if limit:
+            self.total_steps = limit
+        t_start = time.perf_counter()
+        deadline = t_start + minutes * 60 if minutes else math.inf
+        chars = cfg.batch_size * cfg.seq_len
+        yield Event("start", self.step, self.total_steps or 0)
+        t_log, speed = time.perf_counter(), 0.0
+        while True:
+            if limit and self.step >= limit:
+                break
+            if time.perf_counter() >= deadline or (stop and stop.requested):
+                break
+            loss = self.train_step()
+            self.loss_window = [self.loss_window[0] + loss, self.loss_window[1] + 1]
+            if minutes and not limit and self.step == 3:
+                # fix the schedule's horizon from the measured speed: a step-based schedule
+                # keeps resumed runs bit-identical to uninterrupted ones
+                per_step = (time.perf_counter() - t_start) / 3
+                self.total_steps = self.step + int((deadline - time.perf_counter()) / per_step)
+            if self.step % cfg.log_every == 0:
+                now = time.perf_counter()
+                loss_sum, loss_n = self.loss_window
+                speed = loss_n * chars / max(now - t_log, 1e-9)
+                self._record(self.train_history, {
+                    "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                    "train_loss": loss_sum / loss_n, "lr": get_lr(self.step - 1, cfg,
+                                                                  self.total_steps),
+                    "chars_per_s": round(speed)})
+                self.loss_window, t_log = [0.0, 0], time.perf_counter()
+            yield Event("step", self.step, self.total_steps, train_loss=loss, chars_per_s=speed)
+            if self.step % cfg.eval_every == 0:
+                yield self._eval_and_save(loss)
+                t_log = time.perf_counter()  # evaluation time is not training speed
+        yield self._eval_and_save(float("nan"), final=True)
+
+    def _eval_and_save(self, train_loss: float, final: bool = False) -> Event:
+        if final and self.val_history and self.val_history[-1]["step"] == self.step:
+            # just evaluated and saved at this very step
+            return Event("done", self.step, self.total_steps, val_loss=self.val_history[-1][
+                "val_loss"], message=str(self.out / "latest.npz"))
+        val = self.evaluate()
+        if math.isfinite(val):
+            self._record(self.val_history,
+                         {"step": self.step, "val_loss": val, "val_bpc": val / LN2})
+        if math.isfinite(val) and val < self.best_val_loss:
+            self.best_val_loss = val
+            self.save("best")
+        path = self.save("latest")
+        return Event("done" if final else "eval", self.step, self.total_steps,
+                     train_loss=train_loss, val_loss=val, sample=self.sample(),
+                     message=str(path))

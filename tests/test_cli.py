@@ -1,0 +1,130 @@
+"""The command line through typer's CliRunner: success paths read back, and every bad input."""
+
+import re
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from charlm.checkpoint import load_checkpoint
+from charlm.cli import app
+
+TEXT = "".join(f"Line {i}: a small corpus, élan & naïveté.\n" for i in range(300))
+TINY = ["--n-hidden", "16", "--n-embd", "8", "--batch-size", "4", "--seq-len", "16"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained once through the CLI, shared by the read-only tests."""
+    d = tmp_path_factory.mktemp("trained")
+    corpus = d / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    result = CliRunner().invoke(app, ["train", str(corpus), *TINY, "--max-steps", "12",
+                                      "--eval-every", "6", "--out", str(d / "ck")])
+    assert result.exit_code == 0, result.output
+    return d
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def one_line_error(result, pattern: str) -> None:
+    """Exit code non-zero, no traceback, and an error line that matches pattern."""
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert re.search(pattern, result.output), result.output
+
+
+def test_train_writes_checkpoints_and_metrics(trained):
+    ck = load_checkpoint(trained / "ck" / "latest.npz")
+    assert ck.meta["step"] == 12
+    assert ck.config.n_hidden == 16
+    assert set(ck.vocab) == set(TEXT[: int(len(TEXT) * 0.9)])
+    rows = (trained / "ck" / "metrics.jsonl").read_text().splitlines()
+    assert any('"val_loss"' in r for r in rows) and any('"train_loss"' in r for r in rows)
+    assert (trained / "ck" / "best.npz").is_file()
+
+
+def test_info_and_eval(trained):
+    r = invoke("info", str(trained / "ck"))
+    assert r.exit_code == 0, r.output
+    assert "2 x 16 LSTM" in r.output and "12 steps" in r.output
+    r = invoke("eval", str(trained / "ck" / "latest.npz"), str(trained / "corpus.txt"))
+    assert r.exit_code == 0, r.output
+    nats, bits = map(float, re.findall(r"([\d.]+) (?:nats|bits)/char", r.output))
+    assert bits == pytest.approx(nats / np.log(2), rel=1e-3)
+    assert 0 < nats < np.log(40)
+
+
+def test_eval_skips_unknown_characters(trained, tmp_path):
+    f = tmp_path / "other.txt"
+    f.write_text("Line 1: a small corpus. ZZZ\n" * 5, encoding="utf-8")
+    r = invoke("eval", str(trained / "ck"), str(f))
+    assert r.exit_code == 0, r.output
+    assert "not in the vocabulary, skipped" in r.output
+
+
+@pytest.mark.parametrize("make, pattern", [
+    (lambda d: d / "missing.txt", r"error: no such file or corpus: .*missing\.txt"),
+    (lambda d: d, r"error: .*director"),
+    (lambda d: (d / "empty.txt", (d / "empty.txt").write_text(""))[0], r"error: .*empty"),
+    (lambda d: (d / "short.txt", (d / "short.txt").write_text("abc" * 10))[0],
+     r"error: .*one batch needs at least"),
+    (lambda d: (d / "bad.txt", (d / "bad.txt").write_bytes(b"ok " * 500 + b"\xff\xfe"))[0],
+     r"error: .*not valid UTF-8.*offset 1500"),
+])
+def test_train_rejects_bad_corpora(tmp_path, make, pattern):
+    one_line_error(invoke("train", str(make(tmp_path)), *TINY, "--max-steps", "1", "--out",
+                          str(tmp_path / "ck")), pattern)
+
+
+def test_encoding_errors_replace_goes_on(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(TEXT.encode() + b"\xff" + TEXT.encode())
+    r = invoke("train", str(bad), *TINY, "--max-steps", "2", "--out", str(tmp_path / "ck"),
+               "--encoding-errors", "replace")
+    assert r.exit_code == 0, r.output
+    assert "\ufffd" in load_checkpoint(tmp_path / "ck" / "latest.npz").vocab
+
+
+@pytest.mark.parametrize("option, value, pattern", [
+    ("--lr", "-1", r"lr"),
+    ("--lr", "abc", r"lr"),
+    ("--optimizer", "sgd", r"optimizer"),
+    ("--lr-decay", "wobbly", r"lr-decay"),
+    ("--val-frac", "0.9", r"val-frac"),
+    ("--n-layer", "0", r"n-layer"),
+    ("--dropout", "1.5", r"dropout"),
+    ("--batch-size", "0", r"batch-size"),
+    ("--encoding-errors", "ignore", r"encoding-errors"),
+    ("--dtype", "float16", r"dtype"),
+])
+def test_train_rejects_bad_options(tmp_path, option, value, pattern):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    one_line_error(invoke("train", str(corpus), *TINY, option, value, "--out",
+                          str(tmp_path / "ck")), pattern)
+
+
+@pytest.mark.parametrize("corrupt", ["truncate", "text", "flip"])
+def test_bad_checkpoints_are_one_line_errors(trained, tmp_path, corrupt):
+    good = (trained / "ck" / "latest.npz").read_bytes()
+    bad = tmp_path / "bad.npz"
+    if corrupt == "truncate":
+        bad.write_bytes(good[: len(good) // 2])
+    elif corrupt == "text":
+        bad.write_text("hello")
+    else:
+        mid = len(good) // 2
+        bad.write_bytes(good[:mid] + bytes([good[mid] ^ 0xFF]) + good[mid + 1 :])
+    for args in (["info", str(bad)], ["eval", str(bad), str(trained / "corpus.txt")],
+                 ["train", str(trained / "corpus.txt"), *TINY, "--resume", str(bad), "--out",
+                  str(tmp_path / "ck")]):
+        one_line_error(invoke(*args), r"error: .*bad\.npz")
+
+
+def test_missing_checkpoint(tmp_path):
+    one_line_error(invoke("info", str(tmp_path / "nope")), r"error: .*nope")
+    one_line_error(invoke("info", str(tmp_path)), r"error: no checkpoint in")
