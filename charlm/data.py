@@ -1,0 +1,495 @@
+"""The corpus: reading it, encoding it as compact integer ids, and cutting it into batches.
+
+The last val_frac of the characters is the validation text (nanoGPT's split) and the rest is the
+training text. The vocabulary is the sorted set of characters (Unicode code points, not bytes)
+of the training text only, so a character that occurs only in the validation text has no id:
+it is dropped from the validation stream and counted in `Corpus.val_dropped`, and the
+validation loss is over the characters the model can predict.
+
+A corpus is read and encoded a piece at a time into one compact integer array; large ones
+(over CACHE_MIN_BYTES) are encoded once into a .npy file in the cache directory, keyed by the
+sha256 of the file's bytes and the options, and memory-mapped from there on.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from charlm.errors import CharlmError
+
+CHUNK_BYTES = 2**18  # read and encode this much at a time: small pieces keep peak memory low
+CACHE_MIN_BYTES = 16 * 2**20  # corpora larger than this are encoded once into the cache
+CACHE_FORMAT = 1  # bump when the cached files change meaning
+ENCODING_ERRORS = ("strict", "replace")
+MAX_CODE = 0x10FFFF  # the largest unicode code point
+
+
+def default_cache_dir() -> Path:
+    """$CHARLM_CACHE_DIR, else $XDG_CACHE_HOME/charlm, else ~/.cache/charlm."""
+    if os.environ.get("CHARLM_CACHE_DIR"):
+        return Path(os.environ["CHARLM_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "charlm"
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that appears at path, whole, only if the block ends without an exception."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a corpus or cache file need not be
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def _check_file(path: Path) -> int:
+    """The size of path in bytes, or a CharlmError saying why it cannot be read as a corpus."""
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise CharlmError(f"no such file: {path}") from None
+    except OSError as e:
+        raise CharlmError(f"could not read {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CharlmError(f"{path} is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise CharlmError(f"{path} is not a regular file")
+    if st.st_size == 0:
+        raise CharlmError(f"{path} is empty")
+    return st.st_size
+
+
+def _check_errors(encoding_errors: str) -> None:
+    if encoding_errors not in ENCODING_ERRORS:
+        raise CharlmError(f"encoding errors must be strict or replace, got {encoding_errors!r}")
+
+
+def _decode(raw: bytes | memoryview, offset: int, path: Path, errors: str) -> str:
+    """raw (which starts at byte `offset` of path) as text; bad UTF-8 is a one-line error."""
+    try:
+        return str(raw, "utf-8", errors)
+    except UnicodeDecodeError as e:
+        at = offset + e.start
+        raise CharlmError(f"{path} is not valid UTF-8: byte 0x{e.object[e.start]:02x} at offset "
+                          f"{at} (use --encoding-errors replace to go on)") from None
+
+
+def read_text(path: Path, encoding_errors: str = "strict") -> str:
+    """The whole of a UTF-8 file; encoding_errors="replace" turns bad bytes into U+FFFD."""
+    path = Path(path)
+    _check_errors(encoding_errors)
+    _check_file(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise CharlmError(f"could not read {path}: {e.strerror or e}") from None
+    if not raw:
+        raise CharlmError(f"{path} is empty")
+    return _decode(raw, 0, path, encoding_errors)
+
+
+def _cut(buf: bytes) -> int:
+    """Where to split buf so that no UTF-8 sequence straddles the split (0: read more first)."""
+    # a sequence starts at any byte that is not a continuation byte 0b10xxxxxx; cutting before
+    # one decodes exactly as the whole would, bad bytes included. a sequence has at most three
+    # continuation bytes, so four in a row at the end means the last one is a stray.
+    for i in range(len(buf) - 1, max(len(buf) - 4, 0) - 1, -1):
+        if buf[i] & 0xC0 != 0x80:
+            return i
+    return len(buf) if len(buf) >= 4 else 0
+
+
+def _pieces(path: Path, errors: str) -> Iterator[tuple[int, str]]:
+    """(offset in bytes, text) of successive pieces of the file, cut between characters."""
+    try:
+        with open(path, "rb") as f:
+            start, pending = 0, b""
+            while True:
+                block = f.read(CHUNK_BYTES)
+                buf = pending + block
+                if not block:
+                    if buf:
+                        yield start, _decode(buf, start, path, errors)
+                    return
+                cut = _cut(buf)
+                if cut == 0:
+                    pending = buf
+                    continue
+                yield start, _decode(memoryview(buf)[:cut], start, path, errors)
+                start, pending = start + cut, buf[cut:]
+    except OSError as e:
+        raise CharlmError(f"could not read {path}: {e.strerror or e}") from None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(CHUNK_BYTES):
+                h.update(block)
+    except OSError as e:
+        raise CharlmError(f"could not read {path}: {e.strerror or e}") from None
+    return h.hexdigest()
+
+
+# -- the vocabulary ---------------------------------------------------------------------------
+
+
+def _codes(text: str) -> np.ndarray:
+    """The code points of text as a uint32 array, without a Python object per character."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+
+
+def _chars(codes: np.ndarray) -> str:
+    return np.asarray(codes, np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The smallest integer type that holds every id of a vocabulary this size."""
+    if vocab_size <= 2**8:
+        return np.dtype(np.uint8)
+    if vocab_size <= 2**16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+def _unknown_message(chars: str) -> str:
+    shown = ", ".join(repr(c) for c in chars[:10])
+    more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
+    n = len(chars)
+    return f"{n} character{'s' if n > 1 else ''} not in the vocabulary: {shown}{more}"
+
+
+class Vocab:
+    """Characters <-> ids: itos[i] is the character with id i, stoi its inverse."""
+
+    def __init__(self, chars: list[str]) -> None:
+        for c in chars:
+            if not isinstance(c, str) or len(c) != 1:
+                raise CharlmError(f"a vocabulary entry must be one character, got {c!r}")
+        if len(set(chars)) != len(chars):
+            raise CharlmError("the vocabulary lists a character twice")
+        self.itos = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.itos)}
+        self.vocab_size = len(self.itos)
+        self.dtype = id_dtype(self.vocab_size)
+        self._code = _codes("".join(self.itos))  # id -> code point
+        top = int(self._code.max()) + 1 if self.vocab_size else 0
+        # code point -> id, -1 if unknown; the extra last slot stands for every code above
+        self._lut = np.full(top + 1, -1, np.int32)
+        self._lut[self._code] = np.arange(self.vocab_size, dtype=np.int32)
+
+    @classmethod
+    def from_text(cls, text: str) -> "Vocab":
+        """The sorted set of text's characters."""
+        return cls(list(_chars(np.flatnonzero(np.bincount(_codes(text))))))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocab) and self.itos == other.itos
+
+    def __repr__(self) -> str:
+        return f"Vocab({''.join(self.itos)!r})"
+
+    def ids(self, codes: np.ndarray) -> np.ndarray:
+        """int32 ids of an array of code points, -1 for those not in the vocabulary."""
+        return self._lut[np.minimum(codes, len(self._lut) - 1)]
+
+    def encode(self, text: str, unknown: str = "error") -> np.ndarray:
+        """text as ids; characters not in the vocabulary are an error, or dropped."""
+        if unknown not in ("error", "drop"):
+            raise ValueError(f"unknown must be 'error' or 'drop', got {unknown!r}")
+        codes = _codes(text)
+        ids = self.ids(codes)
+        bad = ids < 0
+        if bad.any():
+            if unknown == "error":
+                raise CharlmError(_unknown_message(_chars(np.unique(codes[bad]))))
+            ids = ids[~bad]
+        return ids.astype(self.dtype)
+
+    def decode(self, ids) -> str:
+        """The text of a sequence of ids."""
+        a = np.asarray(ids).ravel()
+        if a.size == 0:
+            return ""
+        if a.dtype.kind not in "iu" or a.min() < 0 or a.max() >= self.vocab_size:
+            raise ValueError(f"ids must be integers in [0, {self.vocab_size})")
+        return _chars(self._code[a])
+
+    def unknown_chars(self, text: str) -> list[str]:
+        """The sorted distinct characters of text that are not in the vocabulary."""
+        codes = _codes(text)
+        return list(_chars(np.unique(codes[self.ids(codes) < 0])))
+
+
+# -- the corpus -------------------------------------------------------------------------------
+
+
+def too_short_message(name: str, n: int, batch_size: int, seq_len: int) -> str:
+    need = batch_size * seq_len + 1
+    return (f"{name} has {n:,} training characters; one batch needs at least {need:,} "
+            f"(batch {batch_size} x seq_len {seq_len} + 1)")
+
+
+@dataclass(eq=False)
+class Corpus:
+    """An encoded corpus: training and validation ids, the vocabulary, and where they came from."""
+
+    path: Path
+    train: np.ndarray  # ids of the first 1 - val_frac of the characters
+    val: np.ndarray  # ids of the rest, less the val_dropped ones outside the vocabulary
+    vocab: Vocab  # the training text's characters
+    sha256: str  # of the file's raw bytes
+    n_chars: int  # characters in the file
+    val_dropped: int  # validation characters left out: they never occur in the training text
+    cached: bool = False  # train and val are memory-mapped from the cache directory
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def n_val(self) -> int:
+        """Characters in the validation tail, dropped ones included."""
+        return len(self.val) + self.val_dropped
+
+    def require_length(self, batch_size: int, seq_len: int) -> None:
+        """A CharlmError unless the training text fills at least one batch."""
+        if len(self.train) < batch_size * seq_len + 1:
+            raise CharlmError(too_short_message(self.name, len(self.train), batch_size, seq_len))
+
+
+@dataclass
+class _Plan:
+    """What the first passes over a file learn, so the last can write ids straight out."""
+
+    n_chars: int
+    n_train: int
+    vocab: Vocab
+    val_dropped: int
+
+    @property
+    def n_ids(self) -> int:
+        return self.n_chars - self.val_dropped
+
+
+def _changed(path: Path) -> CharlmError:
+    return CharlmError(f"{path} changed while it was being read")
+
+
+def _plan(path: Path, val_frac: float, errors: str) -> _Plan:
+    # one pass to count the characters, so we know where validation starts; one to find the
+    # training text's characters and count the validation ones. nothing is kept per piece:
+    # many small arrays kept between big temporary ones fragment the heap badly.
+    n = sum(len(text) for _, text in _pieces(path, errors))
+    n_train = int(n * (1 - val_frac))  # nanoGPT's int(n * 0.9)
+    in_train = np.zeros(MAX_CODE + 1, bool)
+    val_counts = np.zeros(MAX_CODE + 1, np.int64)
+    pos = 0
+    for _, text in _pieces(path, errors):
+        codes = _codes(text)
+        cut = min(max(n_train - pos, 0), len(codes))
+        in_train[codes[:cut]] = True
+        if cut < len(codes):
+            val_counts += np.bincount(codes[cut:], minlength=MAX_CODE + 1)
+        pos += len(codes)
+    if pos != n:
+        raise _changed(path)
+    vocab = Vocab(list(_chars(np.flatnonzero(in_train))))
+    return _Plan(n, n_train, vocab, int(val_counts[~in_train].sum()))
+
+
+def _encoded(path: Path, plan: _Plan, errors: str) -> Iterator[np.ndarray]:
+    """The ids of the file piece by piece, less the validation characters outside the vocab."""
+    pos = 0
+    for _, text in _pieces(path, errors):
+        ids = plan.vocab.ids(_codes(text))
+        cut = min(max(plan.n_train - pos, 0), len(ids))
+        val = ids[cut:]
+        if (ids[:cut] < 0).any():
+            raise _changed(path)
+        yield ids[:cut].astype(plan.vocab.dtype)
+        yield val[val >= 0].astype(plan.vocab.dtype)
+        pos += len(ids)
+    if pos != plan.n_chars:
+        raise _changed(path)
+
+
+def _check_val_frac(val_frac: float) -> None:
+    if not 0 <= val_frac <= 0.5:
+        raise CharlmError(f"val_frac must be in [0, 0.5], got {val_frac}")
+
+
+def _in_memory(path: Path, digest: str, val_frac: float, errors: str) -> Corpus:
+    plan = _plan(path, val_frac, errors)
+    ids = np.empty(plan.n_ids, plan.vocab.dtype)
+    k = 0
+    for part in _encoded(path, plan, errors):
+        ids[k : k + len(part)] = part
+        k += len(part)
+    return Corpus(path, ids[: plan.n_train], ids[plan.n_train :], plan.vocab, digest,
+                  plan.n_chars, plan.val_dropped)
+
+
+def _write_cache(path: Path, digest: str, val_frac: float, errors: str, entry: Path) -> None:
+    """Encode path straight into entry.npy, then write entry.json, which marks it complete."""
+    plan = _plan(path, val_frac, errors)
+    header = {"descr": np.lib.format.dtype_to_descr(plan.vocab.dtype), "fortran_order": False,
+              "shape": (plan.n_ids,)}
+    with atomic_write(entry.with_suffix(".npy")) as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for part in _encoded(path, plan, errors):
+            f.write(part.tobytes())
+    meta = {"format": CACHE_FORMAT, "sha256": digest, "itos": plan.vocab.itos,
+            "n_chars": plan.n_chars, "n_train": plan.n_train, "val_dropped": plan.val_dropped}
+    with atomic_write(entry.with_suffix(".json")) as f:
+        f.write(json.dumps(meta).encode())
+
+
+def _read_cache(path: Path, digest: str, entry: Path) -> Corpus | None:
+    """The corpus memory-mapped from a complete cache entry, or None if there is none."""
+    try:
+        meta = json.loads(entry.with_suffix(".json").read_text(encoding="utf-8"))
+        ids = np.load(entry.with_suffix(".npy"), mmap_mode="r")
+        vocab = Vocab(meta["itos"])
+        n_train, n_chars, dropped = meta["n_train"], meta["n_chars"], meta["val_dropped"]
+    except (OSError, ValueError, KeyError, TypeError, CharlmError):
+        return None
+    if (meta.get("format") != CACHE_FORMAT or meta.get("sha256") != digest
+            or ids.shape != (n_chars - dropped,) or ids.dtype != vocab.dtype):
+        return None
+    return Corpus(path, ids[:n_train], ids[n_train:], vocab, digest, n_chars, dropped, True)
+
+
+def load_corpus(path: Path, val_frac: float = 0.1, encoding_errors: str = "strict",
+                cache_dir: Path | None = None) -> Corpus:
+    """Read, split and encode a UTF-8 corpus; large ones come memory-mapped from the cache."""
+    path = Path(path)
+    _check_val_frac(val_frac)
+    _check_errors(encoding_errors)
+    size = _check_file(path)
+    digest = _sha256(path)
+    if size <= CACHE_MIN_BYTES:
+        return _in_memory(path, digest, val_frac, encoding_errors)
+    key = hashlib.sha256(f"{digest} {val_frac!r} {encoding_errors}".encode()).hexdigest()
+    entry = Path(cache_dir or default_cache_dir()) / "encoded" / key
+    corpus = _read_cache(path, digest, entry)
+    if corpus is None:
+        try:
+            _write_cache(path, digest, val_frac, encoding_errors, entry)
+        except OSError:  # the cache is not writable: do without it
+            return _in_memory(path, digest, val_frac, encoding_errors)
+        corpus = _read_cache(path, digest, entry)
+    if corpus is None:  # written but unreadable: should not happen, but never fail for it
+        corpus = _in_memory(path, digest, val_frac, encoding_errors)
+    return corpus
+
+
+# -- batches ----------------------------------------------------------------------------------
+
+
+class Batcher:
+    """batch_size contiguous streams through data, seq_len characters at a time (char-rnn's loader).
+
+    The inputs data[:-1] and targets data[1:] are split into batch_size equal parts of
+    stream_len = (len(data) - 1) // batch_size, one per row. Row b of each batch continues row b
+    of the one before, so the caller carries the recurrent state from batch to batch. An epoch
+    is n_windows = stream_len // seq_len batches (the last stream_len % seq_len characters of
+    each part sit out); after it the streams wrap to their starts, epoch goes up, and `wrapped`
+    is True for that batch: the caller resets its state. `position` is a small dict of ints;
+    Batcher(data, batch_size, seq_len, position=p) goes on with exactly the batches that
+    would have followed.
+    """
+
+    def __init__(self, data: np.ndarray, batch_size: int, seq_len: int,
+                 position: dict | None = None) -> None:
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError("batch_size and seq_len must be at least 1")
+        self.data, self.batch_size, self.seq_len = data, batch_size, seq_len
+        self.stream_len = max(len(data) - 1, 0) // batch_size
+        if self.stream_len < seq_len:
+            raise CharlmError(too_short_message("the training text", len(data), batch_size,
+                                                seq_len))
+        self.n_windows = self.stream_len // seq_len
+        # offsets of the first window, (B, T)
+        self._window0 = np.arange(batch_size)[:, None] * self.stream_len + np.arange(seq_len)
+        self.epoch = 0  # wraps so far: the epoch of the last batch returned
+        self.window = 0  # the window of the next batch, in [0, n_windows]
+        self.wrapped = False  # the last batch started the streams over
+        if position is not None:
+            self._restore(position)
+
+    @property
+    def position(self) -> dict[str, int]:
+        """Where the next batch comes from, and the shape it was for (to check on restore)."""
+        return {"epoch": self.epoch, "window": self.window, "batch_size": self.batch_size,
+                "seq_len": self.seq_len, "n": len(self.data)}
+
+    def _restore(self, p: dict) -> None:
+        want = {"batch_size": self.batch_size, "seq_len": self.seq_len, "n": len(self.data)}
+        try:
+            epoch, window = int(p["epoch"]), int(p["window"])
+            fits = all(int(p.get(k, v)) == v for k, v in want.items())
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise CharlmError(f"not a data position: {p!r}") from None
+        if not fits or epoch < 0 or not 0 <= window <= self.n_windows:
+            raise CharlmError(f"the saved data position {p} does not fit this corpus and batch "
+                              f"shape ({want})")
+        self.epoch, self.window = epoch, window
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y), both (batch_size, seq_len) int64; y[:, t] is the character after x[:, t]."""
+        self.wrapped = self.window == self.n_windows
+        if self.wrapped:
+            self.epoch += 1
+            self.window = 0
+        idx = self._window0 + self.window * self.seq_len
+        self.window += 1
+        return self.data[idx].astype(np.int64), self.data[idx + 1].astype(np.int64)
+
+
+def iter_eval(data: np.ndarray, batch_size: int,
+              seq_len: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Windows (x, y) over all of data: every character but the first is a target exactly once.
+
+    The len(data) - 1 targets are split into B = min(batch_size, (len(data) - 1) // seq_len)
+    (at least 1) streams of equal length, read seq_len at a time (the last window may be
+    shorter). The r < B targets an equal split leaves over come first, as one single-row window.
+    Every stream starts from a zero state: reset the state whenever x.shape[0] changes, and carry
+    it from window to window otherwise.
+    """
+    n_targets = len(data) - 1
+    if n_targets < 1:
+        return
+    B = min(batch_size, max(1, n_targets // seq_len))
+    L, r = divmod(n_targets, B)
+    if r:
+        yield (np.asarray(data[:r], np.int64)[None, :],
+               np.asarray(data[1 : r + 1], np.int64)[None, :])
+    starts = r + np.arange(B)[:, None] * L
+    for t in range(0, L, seq_len):
+        idx = starts + np.arange(t, min(t + seq_len, L))
+        yield data[idx].astype(np.int64), data[idx + 1].astype(np.int64)
