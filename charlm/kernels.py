@@ -69,9 +69,12 @@ def lstm_forward(Z, U, Hs, Cs, R):
 
     .. math::
 
-        i_t = \sigma(x_t W_i + h_{t-1} U_i + b_i)    \qquad  f_t = \sigma(x_t W_f + h_{t-1} U_f + b_f)
-        g_t = \tanh(x_t W_g + h_{t-1} U_g + b_g)     \qquad  o_t = \sigma(x_t W_o + h_{t-1} U_o + b_o)
-        c_t = f_t \odot c_{t-1} + i_t \odot g_t      \qquad  h_t = o_t \odot \tanh(c_t)
+        i_t = \sigma(x_t W_i + h_{t-1} U_i + b_i)
+        f_t = \sigma(x_t W_f + h_{t-1} U_f + b_f)
+        g_t = \tanh(x_t W_g + h_{t-1} U_g + b_g)
+        o_t = \sigma(x_t W_o + h_{t-1} U_o + b_o)
+        c_t = f_t \odot c_{t-1} + i_t \odot g_t
+        h_t = o_t \odot \tanh(c_t)
 
     The input part x_t W + b of all T steps is one large matrix multiply done by the caller;
     only h_{t-1} U is left inside the time loop.
@@ -90,7 +93,8 @@ def lstm_forward(Z, U, Hs, Cs, R):
         np.dot(Hs[t], U, R)
         for n in range(B):
             # one view per gate block, so LLVM sees four streams it can vectorise
-            zi, zf, zg, zo = Z[t, n, :H], Z[t, n, H : 2 * H], Z[t, n, 2 * H : 3 * H], Z[t, n, 3 * H :]
+            zi, zf = Z[t, n, :H], Z[t, n, H : 2 * H]
+            zg, zo = Z[t, n, 2 * H : 3 * H], Z[t, n, 3 * H :]
             ri, rf, rg, ro = R[n, :H], R[n, H : 2 * H], R[n, 2 * H : 3 * H], R[n, 3 * H :]
             c_prev, c, h = Cs[t, n], Cs[t + 1, n], Hs[t + 1, n]
             for j in range(H):
@@ -112,9 +116,12 @@ def lstm_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UT):
     .. math::
 
         dc_t = dc_{t+1} \odot f_{t+1} + dh_t \odot o_t \odot (1 - \tanh^2 c_t)
-        dz^i_t = dc_t \odot g_t \odot i_t (1 - i_t)       \qquad dz^f_t = dc_t \odot c_{t-1} \odot f_t (1 - f_t)
-        dz^g_t = dc_t \odot i_t \odot (1 - g_t^2)          \qquad dz^o_t = dh_t \odot \tanh c_t \odot o_t (1 - o_t)
-        dh_{t-1} \mathrel{+}= dz_t U^\top                  \qquad dU = \sum_t h_{t-1}^\top dz_t
+        dz^i_t = dc_t \odot g_t \odot i_t (1 - i_t)
+        dz^f_t = dc_t \odot c_{t-1} \odot f_t (1 - f_t)
+        dz^g_t = dc_t \odot i_t \odot (1 - g_t^2)
+        dz^o_t = dh_t \odot \tanh c_t \odot o_t (1 - o_t)
+        dh_{t-1} \mathrel{+}= dz_t U^\top
+        dU = \sum_t h_{t-1}^\top dz_t
 
     Parameters
     ----------
@@ -135,7 +142,8 @@ def lstm_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UT):
     UT[:] = U.T
     for t in range(T - 1, -1, -1):
         for n in range(B):
-            gi, gf, gg, go = G[t, n, :H], G[t, n, H : 2 * H], G[t, n, 2 * H : 3 * H], G[t, n, 3 * H :]
+            gi, gf = G[t, n, :H], G[t, n, H : 2 * H]
+            gg, go = G[t, n, 2 * H : 3 * H], G[t, n, 3 * H :]
             dzi, dzf = dZ[t, n, :H], dZ[t, n, H : 2 * H]
             dzg, dzo = dZ[t, n, 2 * H : 3 * H], dZ[t, n, 3 * H :]
             c_prev, c = Cs[t, n], Cs[t + 1, n]
@@ -185,7 +193,7 @@ def linear_backward(X, W, dY, dX, dW, db):
 
 @nb.njit(cache=True, nogil=True)
 def gather_rows(table, idx, Y):
-    """Y[n] = table[idx[n]]: the first layer's x_t W + b, since x_t = E[idx] gives (E W + b)[idx]."""
+    """Y[n] = table[idx[n]]: the first layer's x_t W + b is a row of (E W + b), x_t = E[idx]."""
     for n in range(idx.shape[0]):
         Y[n] = table[idx[n]]
 

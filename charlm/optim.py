@@ -16,8 +16,11 @@ from charlm.kernels import LEAF, ONE
 def adam_update(theta, grad, m, v, lr_t, beta1, beta2, eps):
     r"""One Adam step, with the bias corrections folded into lr_t by the caller.
 
-    .. math::  m \leftarrow \beta_1 m + (1-\beta_1) g \qquad v \leftarrow \beta_2 v + (1-\beta_2) g^2
-               \qquad \theta \leftarrow \theta - \mathrm{lr}_t \, m / (\sqrt{v} + \epsilon)
+    .. math::
+
+        m \leftarrow \beta_1 m + (1-\beta_1) g
+        v \leftarrow \beta_2 v + (1-\beta_2) g^2
+        \theta \leftarrow \theta - \mathrm{lr}_t \, m / (\sqrt{v} + \epsilon)
     """
     for k in range(theta.shape[0]):
         g = grad[k]
@@ -30,7 +33,10 @@ def adam_update(theta, grad, m, v, lr_t, beta1, beta2, eps):
 def rmsprop_update(theta, grad, v, lr, alpha, eps):
     r"""One RMSprop step as char-rnn used it.
 
-    .. math::  v \leftarrow \alpha v + (1-\alpha) g^2 \qquad \theta \leftarrow \theta - \mathrm{lr}\, g / (\sqrt{v} + \epsilon)
+    .. math::
+
+        v \leftarrow \alpha v + (1-\alpha) g^2
+        \theta \leftarrow \theta - \mathrm{lr}\, g / (\sqrt{v} + \epsilon)
     """
     for k in range(theta.shape[0]):
         g = grad[k]

@@ -1,5 +1,6 @@
 """The training job: batches through the corpus, evaluates, checkpoints, and resumes exactly."""
 
+import contextlib
 import json
 import math
 import signal
@@ -105,10 +106,8 @@ class StopFlag:
 
     def __enter__(self) -> "StopFlag":
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         return self
 
     def __exit__(self, *exc) -> None:
