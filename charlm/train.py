@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from charlm import checkpoint as ckpt
-from charlm.data import Batcher, Corpus, iter_eval
+from charlm.batches import Batcher, iter_eval
+from charlm.data import Corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLSTM, ModelConfig, State
 from charlm.optim import OPTIMIZERS, clip_grad_norm

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from charlm import data
-from charlm.data import Batcher, Vocab, iter_eval, load_corpus, read_text
+from charlm.batches import Batcher, iter_eval
+from charlm.data import Vocab, load_corpus, read_text
 from charlm.errors import CharlmError
 
 UNICODE = "héllo → 世界 🎉\n"
