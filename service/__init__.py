@@ -1,0 +1,81 @@
+"""The charlm HTTP service: create_app() builds the Flask app that gunicorn serves."""
+
+from flask import Flask
+
+from charlm.errors import CharlmError
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """The app, configured from CHARLM_* environment variables (or test_config), with its
+    models loading (in a background thread unless LOAD is "sync")."""
+    app = Flask(__name__)
+    app.config.from_mapping(
+        CHECKPOINTS="checkpoints",  # a directory (each *.npz served by its stem) or one file
+        DEFAULT_MODEL=None,  # None: "default" if there is one, else the first by name
+        KERNEL_THREADS=None,  # numba threads per step; None lets charlm choose
+        MAX_CONCURRENCY=32,  # generation requests at once per worker; past it, 429
+        MAX_PROMPT_CHARS=4096,
+        MAX_NEW_TOKENS=2048,  # the cap on max_new_tokens and max_tokens
+        DEFAULT_NEW_TOKENS=100,  # TGI's max_new_tokens when not given (OpenAI's is 16)
+        MAX_TOP_N=20,  # top_n_tokens and logprobs
+        MAX_STOP=4,  # stop strings per request
+        MAX_STOP_CHARS=64,
+        UNKNOWN_CHARS="error",  # prompt characters outside the vocabulary: "error" or "drop"
+        MAX_CONTENT_LENGTH=64 * 1024,  # request body bytes; past it, 413
+        API_KEY=None,  # when set, every route but /health needs Authorization: Bearer <key>
+        CORS_ORIGINS="",  # "*", or origins separated by commas
+        LOAD="background",  # or "sync": load the models before returning
+    )
+    if test_config is None:
+        app.config.from_prefixed_env("CHARLM")
+    else:
+        app.config.from_mapping(test_config)
+    normalize(app.config)
+
+    from service import completions, distribution, meta, security, tgi
+    from service.errors import register_error_handlers
+    from service.generation import Slots
+    from service.models import Models
+    from service.state import State
+
+    models = Models(app.config["CHECKPOINTS"], app.config["DEFAULT_MODEL"],
+                    app.config["KERNEL_THREADS"])
+    app.extensions["charlm"] = State(models, Slots(app.config["MAX_CONCURRENCY"]))
+    register_error_handlers(app)
+    security.init_app(app)
+    for module in (tgi, completions, distribution, meta):
+        app.register_blueprint(module.bp)
+    if app.config["LOAD"] == "sync":
+        models.load()
+    else:
+        models.load_in_background()
+    return app
+
+
+def normalize(cfg: dict) -> None:
+    """Types as the code expects them: the environment gives JSON when it parses, else text."""
+    for key in ("API_KEY", "DEFAULT_MODEL"):
+        if cfg[key] is not None and cfg[key] != "":
+            cfg[key] = str(cfg[key])
+        else:
+            cfg[key] = None
+    cfg["CHECKPOINTS"] = str(cfg["CHECKPOINTS"])
+    origins = cfg["CORS_ORIGINS"] or []
+    if isinstance(origins, str):
+        origins = [o.strip() for o in origins.split(",") if o.strip()]
+    cfg["CORS_ORIGINS"] = [str(o).rstrip("/") for o in origins]
+    for key in ("MAX_CONCURRENCY", "MAX_PROMPT_CHARS", "MAX_NEW_TOKENS", "DEFAULT_NEW_TOKENS",
+                "MAX_TOP_N", "MAX_STOP", "MAX_STOP_CHARS", "MAX_CONTENT_LENGTH"):
+        if type(cfg[key]) is not int or cfg[key] < 0:
+            raise CharlmError(f"CHARLM_{key} must be a whole number >= 0, got {cfg[key]!r}")
+    if cfg["KERNEL_THREADS"] is not None and (type(cfg["KERNEL_THREADS"]) is not int
+                                              or cfg["KERNEL_THREADS"] < 1):
+        raise CharlmError(f"CHARLM_KERNEL_THREADS must be a whole number >= 1, "
+                          f"got {cfg['KERNEL_THREADS']!r}")
+    if cfg["UNKNOWN_CHARS"] not in ("error", "drop"):
+        raise CharlmError(f"CHARLM_UNKNOWN_CHARS must be error or drop, "
+                          f"got {cfg['UNKNOWN_CHARS']!r}")
+    if cfg["LOAD"] not in ("background", "sync"):
+        raise CharlmError(f"CHARLM_LOAD must be background or sync, got {cfg['LOAD']!r}")
+    if cfg["DEFAULT_NEW_TOKENS"] > cfg["MAX_NEW_TOKENS"]:
+        cfg["DEFAULT_NEW_TOKENS"] = cfg["MAX_NEW_TOKENS"]

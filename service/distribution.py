@@ -1,0 +1,47 @@
+"""POST /next: the distribution of the character after a prompt, and its entropy."""
+
+import math
+
+import numpy as np
+from flask import Blueprint, current_app, jsonify
+
+from charlm.generate import SampleSettings
+from service.engine import GenerationError
+from service.errors import ApiError
+from service.generation import Run, check_prompt
+from service.params import get_float, get_int, get_str, json_body
+from service.state import current
+
+bp = Blueprint("distribution", __name__)
+
+
+@bp.post("/next")
+def next_char():
+    """The next-character distribution after "prompt", most probable first, with its entropy."""
+    body = json_body()
+    served = current().models.get(get_str(body, "model", None))
+    prompt = get_str(body, "prompt")
+    n_in = check_prompt(served, prompt)
+    temperature = get_float(body, "temperature", 1.0, 0.0, 100.0, lo_open=True)
+    V = served.packed.vocab_size
+    top_n = min(get_int(body, "top_n", V, 1, None), V)
+    # one step of a stream in the model's batch: its token reports every character's logprob
+    run = Run(served, current().slots, prompt,
+              SampleSettings(temperature=0.0, seed=0, max_new_chars=1, top_n=V),
+              current_app.config["UNKNOWN_CHARS"] == "drop")
+    try:
+        (tok,) = run.complete()
+    except GenerationError as e:
+        raise ApiError(500, str(e), "generation") from None
+    chars = [ch for ch, _ in tok.top]
+    # softmax(z / T) = softmax(logp / T): logp is z less a constant
+    z = np.array([lp for _, lp in tok.top], np.float64) / temperature
+    logp = z - (z.max() + math.log(np.exp(z - z.max()).sum()))
+    p = np.exp(logp)
+    entropy = float(-(p[p > 0] * logp[p > 0]).sum())
+    stoi = served.packed.stoi
+    dist = [{"char": ch, "id": stoi[ch], "prob": float(p[k]), "logprob": float(logp[k])}
+            for k, ch in enumerate(chars[:top_n])]
+    return jsonify({"model": served.name, "prompt_length": n_in, "temperature": temperature,
+                    "entropy": entropy, "entropy_bits": entropy / math.log(2),
+                    "distribution": dist})

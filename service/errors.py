@@ -1,0 +1,58 @@
+"""JSON errors: every failure a client sees is {"error": message, "error_type": kind}."""
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+# status -> error_type for the errors werkzeug raises itself
+HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+              405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+
+
+class ApiError(Exception):
+    """A request the service refuses, with the status code and error_type to send back."""
+
+    def __init__(self, status: int, message: str, error_type: str = "validation",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.error_type = status, message, error_type
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"error": self.message, "error_type": self.error_type}
+
+    def response(self):
+        resp = jsonify(self.body())
+        resp.status_code = self.status
+        resp.headers.update(self.headers)
+        return resp
+
+
+def validation(message: str) -> ApiError:
+    return ApiError(422, message, "validation")
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Turn ApiError, werkzeug's HTTP errors and anything unexpected into JSON errors."""
+
+    @app.errorhandler(ApiError)
+    def api_error(e: ApiError):
+        return e.response()
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        status = e.code or 500
+        if status == 413:
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            message = f"the request body is over the limit of {limit} bytes"
+        else:
+            message = e.description or e.name
+        err = ApiError(status, message, HTTP_TYPES.get(status, "http_error"))
+        resp = err.response()
+        if status == 405 and e.get_response().headers.get("Allow"):
+            resp.headers["Allow"] = e.get_response().headers["Allow"]
+        return resp
+
+    @app.errorhandler(Exception)
+    def internal_error(e: Exception):
+        app.logger.exception("unhandled error")
+        return ApiError(500, f"internal error: {type(e).__name__}", "internal").response()

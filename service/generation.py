@@ -1,0 +1,113 @@
+"""A generation request in flight: its concurrency slot, its job on the model's engine, and the
+one place that ends it, however the response ends (finished, failed, or the client left).
+"""
+
+import threading
+from collections.abc import Iterator
+
+from flask import current_app
+
+from charlm.errors import CharlmError
+from charlm.generate import SampleSettings, Token
+from service.engine import Job, drain
+from service.errors import ApiError, validation
+from service.models import Served
+
+
+def check_prompt(served: Served, prompt: str, where: str = "prompt") -> int:
+    """Refuse a prompt over the length limit or (unless the policy drops them) with characters
+    outside the vocabulary; the number of characters the model will read."""
+    limit = current_app.config["MAX_PROMPT_CHARS"]
+    if len(prompt) > limit:
+        raise validation(f"`{where}` has {len(prompt)} characters; the limit is {limit}")
+    drop = current_app.config["UNKNOWN_CHARS"] == "drop"
+    try:
+        return len(served.packed.encode(prompt, drop_unknown=drop))
+    except CharlmError:
+        unknown = "".join(dict.fromkeys(ch for ch in prompt if ch not in served.packed.stoi))
+        raise validation(f"`{where}` has characters outside the vocabulary of model "
+                         f"{served.name!r}: {unknown!r}") from None
+
+
+class Slots:
+    """At most `limit` generation requests at once in this worker: past it, 429 at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            if self.in_use >= self.limit:
+                raise ApiError(429, f"the server is at its limit of {self.limit} concurrent "
+                               "requests; retry shortly", "overloaded", {"Retry-After": "1"})
+            self.in_use += 1
+
+    def give(self) -> None:
+        with self._lock:
+            self.in_use -= 1
+
+
+class Run:
+    """One stream, started at once so its first character is on the way while headers go out.
+
+    Read it with chunks(); close() (called when the response closes, even if it never started)
+    cancels the stream and frees the slot, once. stop_inclusive: strings that end the text and
+    stay in it (TGI's stop sequences), checked here rather than in the batch.
+    """
+
+    def __init__(self, served: Served, slots: Slots, prompt: str, settings: SampleSettings,
+                 drop_unknown: bool = False, stop_inclusive: tuple[str, ...] = ()) -> None:
+        self.served, self.slots = served, slots
+        self.stop_inclusive = stop_inclusive
+        self.finish_reason: str | None = None
+        self.tokens: list[Token] = []
+        self._tail = ""
+        self._closed = False
+        slots.take()
+        self.job = served.engine.submit(Job(prompt, settings, drop_unknown))
+
+    def chunks(self) -> Iterator[list[Token]]:
+        """Lists of new tokens as they come (the last may be empty: the end came without one);
+        raises GenerationError if the stream fails."""
+        try:
+            while True:
+                tokens, reason = drain(self.job)
+                if self.stop_inclusive:
+                    tokens, reason = self._stop_at(tokens, reason)
+                self.tokens.extend(tokens)
+                if reason is not None:
+                    self.finish_reason = reason
+                if tokens or reason is not None:
+                    yield tokens
+                if reason is not None:
+                    return
+        finally:
+            self.close()
+
+    def complete(self) -> list[Token]:
+        """Every token, to the end."""
+        for _ in self.chunks():
+            pass
+        return self.tokens
+
+    @property
+    def text(self) -> str:
+        return "".join(t.char for t in self.tokens)
+
+    def _stop_at(self, tokens: list[Token], reason: str | None) -> tuple[list[Token], str | None]:
+        """Cut tokens after the first character that completes a stop string."""
+        longest = max(map(len, self.stop_inclusive))
+        for k, tok in enumerate(tokens):
+            self._tail = (self._tail + tok.char)[-longest:]
+            if any(self._tail.endswith(s) for s in self.stop_inclusive):
+                return tokens[: k + 1], "stop_sequence"
+        return tokens, reason
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.served.engine.cancel(self.job)
+        self.slots.give()

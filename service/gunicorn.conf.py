@@ -1,0 +1,36 @@
+# ruff: noqa: N999 (gunicorn looks for a file named gunicorn.conf.py)
+"""gunicorn settings for the charlm service: `gunicorn -c service/gunicorn.conf.py`.
+
+Everything can be overridden on the command line (which wins over this file) or through the
+environment: PORT, WEB_CONCURRENCY (workers), CHARLM_HTTP_THREADS, and the app's CHARLM_*.
+"""
+
+import os
+
+wsgi_app = "service:create_app()"
+bind = [f"0.0.0.0:{os.environ.get('PORT', '8000')}"]
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+
+# long streams: a thread per connection, and more threads than the app admits requests, so a
+# request past the cap is answered 429 at once instead of waiting in the accept queue
+worker_class = "gthread"
+_cap = int(os.environ.get("CHARLM_MAX_CONCURRENCY", "32"))
+threads = int(os.environ.get("CHARLM_HTTP_THREADS", str(_cap + 8)))
+
+# each worker imports the app itself: numba's thread pool does not survive a fork
+preload_app = False
+# the app loads its models before a worker accepts connections, so no request meets a
+# worker that is still warming; a cold numba compile can take half a minute, hence the timeout
+os.environ.setdefault("CHARLM_LOAD", "sync")
+timeout = 120  # gthread's main loop reports in every second, however long a stream runs
+graceful_timeout = 30
+keepalive = 5
+
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("CHARLM_LOG_LEVEL", "info")
+# %(M)s: request time in ms, so streams show how long they lasted
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+
+# gunicorn 24+ opens a control socket at one fixed path per user: two servers would collide
+control_socket_disable = True
