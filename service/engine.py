@@ -28,6 +28,7 @@ class Job:
         self.sid: int | None = None  # the stream's id in the batch, once admitted
         self.cancelled = False
         self.done = False
+        self.error: str | None = None  # an error read from the queue, raised by the next drain
 
 
 class Engine:
@@ -128,6 +129,8 @@ def drain(job: Job, timeout: float = 60.0) -> tuple[list[Token], str | None]:
 
     Taking all that is queued lets a slow client catch up with one write instead of many.
     """
+    if job.error is not None:
+        raise GenerationError(job.error)
     try:
         items: Sequence = [job.out.get(timeout=timeout)]
     except queue.Empty:
@@ -141,6 +144,9 @@ def drain(job: Job, timeout: float = 60.0) -> tuple[list[Token], str | None]:
     tokens: list[Token] = []
     for toks, reason, error in [*items, *more]:
         if error is not None:
+            if tokens:  # send what came before it first
+                job.error = error
+                return tokens, None
             raise GenerationError(error)
         tokens.extend(toks)
         if reason is not None:
