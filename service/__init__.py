@@ -25,6 +25,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         API_KEY=None,  # when set, every route but /health needs Authorization: Bearer <key>
         CORS_ORIGINS="",  # "*", or origins separated by commas
         LOAD="background",  # or "sync": load the models before returning
+        COALESCE_MS=5,  # while streams share a batch, a stream writes at most this often
     )
     if test_config is None:
         app.config.from_prefixed_env("CHARLM")
@@ -34,9 +35,8 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     from service import completions, distribution, meta, security, tgi
     from service.errors import register_error_handlers
-    from service.generation import Slots
     from service.models import Models
-    from service.state import State
+    from service.state import Slots, State
 
     models = Models(app.config["CHECKPOINTS"], app.config["DEFAULT_MODEL"],
                     app.config["KERNEL_THREADS"])
@@ -68,6 +68,9 @@ def normalize(cfg: dict) -> None:
                 "MAX_TOP_N", "MAX_STOP", "MAX_STOP_CHARS", "MAX_CONTENT_LENGTH"):
         if type(cfg[key]) is not int or cfg[key] < 0:
             raise CharlmError(f"CHARLM_{key} must be a whole number >= 0, got {cfg[key]!r}")
+    if not isinstance(cfg["COALESCE_MS"], (int, float)) or not 0 <= cfg["COALESCE_MS"] <= 1000:
+        raise CharlmError(f"CHARLM_COALESCE_MS must be a number in [0, 1000], "
+                          f"got {cfg['COALESCE_MS']!r}")
     if cfg["KERNEL_THREADS"] is not None and (type(cfg["KERNEL_THREADS"]) is not int
                                               or cfg["KERNEL_THREADS"] < 1):
         raise CharlmError(f"CHARLM_KERNEL_THREADS must be a whole number >= 1, "

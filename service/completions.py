@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from flask import Blueprint, current_app, jsonify
 
 from charlm.generate import SampleSettings, Token
-from service import sse
+from service import generation, sse
 from service.engine import GenerationError
 from service.errors import ApiError, validation
 from service.generation import Run, check_prompt
@@ -85,8 +85,7 @@ def usage(req: CompletionRequest, run: Run) -> dict:
 def completions():
     """A completion of a prompt: one JSON answer, or events ending in `data: [DONE]`."""
     req = parse(json_body())
-    run = Run(req.served, current().slots, req.prompt, req.settings,
-              current_app.config["UNKNOWN_CHARS"] == "drop")
+    run = generation.start(req.served, req.prompt, req.settings)
     head = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion",
             "created": int(time.time()), "model": req.served.name}
     if req.stream:
@@ -109,6 +108,10 @@ def events(req: CompletionRequest, run: Run, head: dict):
         return sse.event({**head, "choices": [{"text": text, "index": 0, "logprobs": lp,
                                                "finish_reason": finish}]})
 
+    # the hot path: a character's chunk is two fixed pieces around its text
+    before = sse.event({**head, "choices": [{"text": "\0"}]}).split('"\\u0000"')[0]
+    after = ',"index":0,"logprobs":null,"finish_reason":null}]}\n\n'
+
     offset = 0
     try:
         if req.echo:
@@ -117,8 +120,10 @@ def events(req: CompletionRequest, run: Run, head: dict):
         for tokens in run.chunks():
             out = []
             for tok in tokens:
-                out.append(chunk(tok.char, None, logprobs([tok], offset) if req.logprobs
-                                 else None))
+                if req.logprobs:
+                    out.append(chunk(tok.char, None, logprobs([tok], offset)))
+                else:
+                    out.append(f"{before}{sse.text_json(tok.char)}{after}")
                 offset += 1
             if run.finish_reason is not None:
                 out.append(chunk("", run.finish_reason))

@@ -3,12 +3,12 @@
 import math
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
 from charlm.generate import SampleSettings
 from service.engine import GenerationError
 from service.errors import ApiError
-from service.generation import Run, check_prompt
+from service.generation import check_prompt, start
 from service.params import get_float, get_int, get_str, json_body
 from service.state import current
 
@@ -26,9 +26,8 @@ def next_char():
     V = served.packed.vocab_size
     top_n = min(get_int(body, "top_n", V, 1, None), V)
     # one step of a stream in the model's batch: its token reports every character's logprob
-    run = Run(served, current().slots, prompt,
-              SampleSettings(temperature=0.0, seed=0, max_new_chars=1, top_n=V),
-              current_app.config["UNKNOWN_CHARS"] == "drop")
+    run = start(served, prompt, SampleSettings(temperature=0.0, seed=0, max_new_chars=1,
+                                               top_n=V))
     try:
         (tok,) = run.complete()
     except GenerationError as e:

@@ -2,7 +2,7 @@
 one place that ends it, however the response ends (finished, failed, or the client left).
 """
 
-import threading
+import time
 from collections.abc import Iterator
 
 from flask import current_app
@@ -10,8 +10,9 @@ from flask import current_app
 from charlm.errors import CharlmError
 from charlm.generate import SampleSettings, Token
 from service.engine import Job, drain
-from service.errors import ApiError, validation
+from service.errors import validation
 from service.models import Served
+from service.state import Slots, current
 
 
 def check_prompt(served: Served, prompt: str, where: str = "prompt") -> int:
@@ -29,26 +30,6 @@ def check_prompt(served: Served, prompt: str, where: str = "prompt") -> int:
                          f"{served.name!r}: {unknown!r}") from None
 
 
-class Slots:
-    """At most `limit` generation requests at once in this worker: past it, 429 at once."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_use = 0
-        self._lock = threading.Lock()
-
-    def take(self) -> None:
-        with self._lock:
-            if self.in_use >= self.limit:
-                raise ApiError(429, f"the server is at its limit of {self.limit} concurrent "
-                               "requests; retry shortly", "overloaded", {"Retry-After": "1"})
-            self.in_use += 1
-
-    def give(self) -> None:
-        with self._lock:
-            self.in_use -= 1
-
-
 class Run:
     """One stream, started at once so its first character is on the way while headers go out.
 
@@ -58,8 +39,10 @@ class Run:
     """
 
     def __init__(self, served: Served, slots: Slots, prompt: str, settings: SampleSettings,
-                 drop_unknown: bool = False, stop_inclusive: tuple[str, ...] = ()) -> None:
+                 drop_unknown: bool = False, stop_inclusive: tuple[str, ...] = (),
+                 coalesce: float = 0.0) -> None:
         self.served, self.slots = served, slots
+        self.coalesce = coalesce  # seconds to wait between writes when streams share the batch
         self.stop_inclusive = stop_inclusive
         self.finish_reason: str | None = None
         self.tokens: list[Token] = []
@@ -83,6 +66,10 @@ class Run:
                     yield tokens
                 if reason is not None:
                     return
+                if self.coalesce and self.served.engine.active > 1:
+                    # with others in the batch, let a few characters gather: one write and one
+                    # wake-up for several, instead of a context switch per stream per step
+                    time.sleep(self.coalesce)
         finally:
             self.close()
 
@@ -111,3 +98,11 @@ class Run:
         self._closed = True
         self.served.engine.cancel(self.job)
         self.slots.give()
+
+
+def start(served: Served, prompt: str, settings: SampleSettings,
+          stop_inclusive: tuple[str, ...] = ()) -> Run:
+    """A Run under this app's configuration: its slots, unknown-character policy, coalescing."""
+    cfg = current_app.config
+    return Run(served, current().slots, prompt, settings, cfg["UNKNOWN_CHARS"] == "drop",
+               stop_inclusive, cfg["COALESCE_MS"] / 1000)

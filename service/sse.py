@@ -1,5 +1,6 @@
 """Server-sent events: the framing, and a streaming response that ends its run when it closes."""
 
+import functools
 import json
 from collections.abc import Iterator
 
@@ -15,6 +16,12 @@ def event(data: dict | str) -> str:
     if not isinstance(data, str):
         data = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     return f"data: {data}\n\n"
+
+
+@functools.lru_cache(maxsize=4096)
+def text_json(ch: str) -> str:
+    """A character as a JSON string, cached: the hot path builds events from such pieces."""
+    return json.dumps(ch, ensure_ascii=False)
 
 
 def stream(events: Iterator[str], run: Run) -> Response:

@@ -3,13 +3,14 @@
 A token is one character. Stop sequences end the text and stay in it, as in TGI.
 """
 
+import json
 import secrets
 from dataclasses import dataclass
 
 from flask import Blueprint, current_app, jsonify
 
 from charlm.generate import SampleSettings, Token
-from service import sse
+from service import generation, sse
 from service.engine import GenerationError
 from service.errors import validation
 from service.generation import Run, check_prompt
@@ -78,8 +79,7 @@ def start(req: TgiRequest) -> Run:
     s = req.settings
     batch_settings = SampleSettings(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                                     seed=s.seed, max_new_chars=s.max_new_chars, top_n=s.top_n)
-    return Run(req.served, current().slots, req.prompt, batch_settings,
-               current_app.config["UNKNOWN_CHARS"] == "drop", stop_inclusive=s.stop)
+    return generation.start(req.served, req.prompt, batch_settings, stop_inclusive=s.stop)
 
 
 def token(tok: Token, stoi: dict[str, int]) -> dict:
@@ -140,21 +140,24 @@ def respond(req: TgiRequest):
 
 def events(req: TgiRequest, run: Run):
     """One event per character; the last one also carries generated_text and details."""
-    stoi, index = req.served.packed.stoi, 0
+    stoi, index, top_n = req.served.packed.stoi, 0, req.settings.top_n
     try:
         for chunk in run.chunks():
+            last = chunk[-1] if run.finish_reason is not None and chunk else None
             out = []
-            for tok in chunk:
-                ev = {"index": index, "token": token(tok, stoi),
-                      "top_tokens": top_tokens(tok, stoi),
-                      "generated_text": None, "details": None}
+            for tok in chunk[:-1] if last else chunk:
+                # the hot path: one event per character, built from pieces, not json.dumps
+                top = json.dumps(top_tokens(tok, stoi), separators=(",", ":")) if top_n else "[]"
+                out.append(f'data: {{"index":{index},"token":{{"id":{stoi[tok.char]},"text":'
+                           f'{sse.text_json(tok.char)},"logprob":{tok.logprob!r},"special":false'
+                           f'}},"top_tokens":{top},"generated_text":null,"details":null}}\n\n')
                 index += 1
-                out.append(ev)
             if run.finish_reason is not None:
-                if not out:  # the end came without a character: never for TGI's settings
-                    out.append({"index": index, "token": None, "top_tokens": []})
-                out[-1]["generated_text"] = full_text(req, run)
-                out[-1]["details"] = details(req, run)
-            yield "".join(map(sse.event, out))
+                # the last character's event carries the text and details, as in TGI
+                out.append(sse.event({
+                    "index": index, "token": token(last, stoi) if last else None,
+                    "top_tokens": top_tokens(last, stoi) if last else [],
+                    "generated_text": full_text(req, run), "details": details(req, run)}))
+            yield "".join(out)
     except GenerationError as e:
         yield sse.event({"error": str(e), "error_type": "generation"})

@@ -213,6 +213,9 @@ def test_completions_stop_is_left_out(client, sse):
     out = complete(client, stop=stop, **body)["choices"][0]
     assert out["text"] == full[:cut] and out["finish_reason"] == "stop"
     events = stream_events(client, sse, "/v1/completions", stream=True, stop=[stop], **body)
+    for e in events[:-1]:
+        assert list(e) == ["id", "object", "created", "model", "choices"]
+        assert list(e["choices"][0]) == ["text", "index", "logprobs", "finish_reason"]
     assert "".join(e["choices"][0]["text"] for e in events[:-1]) == full[:cut]
     assert events[-2]["choices"][0]["finish_reason"] == "stop"
 

@@ -1,0 +1,211 @@
+"""`charlm bench serve`: the HTTP service under gunicorn on loopback, at 1, 8 and 32 streams.
+
+Reports the time to first character (request sent to first event read), chars/s per stream,
+and total chars/s. The clients are threads of this process on the same machine, so on a
+small machine they take some of the CPU the server would otherwise have.
+"""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import string
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from charlm.errors import CharlmError
+from charlm.serve import gunicorn_argv, serve_env
+
+DEFAULT = Path("checkpoints/default.npz")
+LEVELS = (1, 8, 32)
+TARGET_TTFC_MS = 5.0  # at one stream
+TARGET_SPEEDUP = 5.0  # total chars/s at 32 streams over one stream's
+
+
+def random_checkpoint(d: Path) -> Path:
+    """A 2x256 model with random weights, for when no trained default exists yet."""
+    from charlm.checkpoint import save_checkpoint
+    from charlm.model import CharLSTM, ModelConfig
+
+    chars = list("\n !'(),-.:;?" + string.ascii_letters)
+    model = CharLSTM(ModelConfig(vocab_size=len(chars), n_embd=64, n_hidden=256, n_layer=2))
+    path = d / "default.npz"
+    save_checkpoint(path, model, chars, {})
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """gunicorn with the project's config on 127.0.0.1, started and stopped by a with block."""
+
+    def __init__(self, checkpoints: Path, workers: int = 1, env: dict[str, str] | None = None,
+                 log: Path | None = None) -> None:
+        self.port = free_port()
+        self.argv = gunicorn_argv("127.0.0.1", self.port, workers, log_level="warning")
+        self.env = {**os.environ, **serve_env(checkpoints, max_concurrency=64), **(env or {})}
+        self.log = log or Path(tempfile.mkstemp(prefix="charlm-serve-", suffix=".log")[1])
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Server":
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)
+        self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout: float = 180.0) -> None:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise CharlmError(f"gunicorn exited: {self.log.read_text()[-2000:]}")
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            try:
+                conn.request("GET", "/health")
+                resp = conn.getresponse()
+                body = json.loads(resp.read())
+                if resp.status == 200:
+                    return
+                if body.get("status") == "error":
+                    raise CharlmError(f"the service cannot load: {body['error']}")
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            time.sleep(0.1)
+        raise CharlmError(f"the service was not healthy after {timeout:g} s")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def one_stream(port: int, body: bytes) -> tuple[float, float, int]:
+    """Stream one /generate_stream; (seconds to first event, seconds to the end, events).
+
+    Counts events in raw reads rather than parsing each, to keep the client light."""
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", "/generate_stream", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        if resp.status != 200:
+            raise CharlmError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
+        first, n, tail = None, 0, b""
+        while True:
+            data = resp.read1(65536)
+            if not data:
+                break
+            if first is None and b"data: " in data:
+                first = time.perf_counter() - t0
+            # an event may straddle two reads: count on the text joined to the last bytes
+            joined = tail + data
+            n += joined.count(b"data: ") - tail.count(b"data: ")
+            tail = joined[-8:]
+        return first, time.perf_counter() - t0, n
+    finally:
+        conn.close()
+
+
+def level(port: int, streams: int, chars: int, seed: int) -> dict:
+    """streams clients at once, each streaming `chars` characters; their figures together."""
+    results: list = [None] * streams
+    barrier = threading.Barrier(streams + 1)
+
+    def client(k: int) -> None:
+        body = json.dumps({"inputs": "The ", "parameters": {
+            "max_new_tokens": chars, "do_sample": True, "temperature": 0.8,
+            "seed": seed + k}}).encode()
+        barrier.wait()
+        results[k] = one_stream(port, body)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(streams)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    if any(r is None or r[2] != chars for r in results):
+        raise CharlmError(f"a stream at {streams} did not complete: {results}")
+    return {"ttfc": [r[0] for r in results],
+            "per_stream": [chars / r[1] for r in results],
+            "total": streams * chars / wall}
+
+
+def run_serve_bench(json_out: bool = False, checkpoint: Path | None = None, workers: int = 1,
+                    chars: int = 500, rounds: int = 3, levels: tuple[int, ...] = LEVELS,
+                    kernel_threads: int | None = None) -> list[dict]:
+    """Start gunicorn on loopback, measure each level `rounds` times, print and return the
+    medians, and whether the targets are met."""
+    with tempfile.TemporaryDirectory(prefix="charlm-bench-") as tmp:
+        if checkpoint is None:
+            checkpoint = DEFAULT if DEFAULT.is_file() else random_checkpoint(Path(tmp))
+        checkpoint = Path(checkpoint)
+        from charlm.checkpoint import load_checkpoint
+
+        cfg = load_checkpoint(checkpoint).config
+        env = {"CHARLM_KERNEL_THREADS": str(kernel_threads)} if kernel_threads else {}
+        with Server(checkpoint, workers, env, log=Path(tmp) / "gunicorn.log") as server:
+            # warm-up: connections, threads, caches
+            for _ in range(3):
+                level(server.port, 4, 50, seed=0)
+            rows = []
+            ttfc_one = []
+            for _ in range(30):  # time to first character, alone, many times
+                ttfc_one.append(level(server.port, 1, 1, seed=1)["ttfc"][0])
+            for n in levels:
+                runs = [level(server.port, n, chars, seed=100 * r) for r in range(rounds)]
+                ttfc = [x for r in runs for x in r["ttfc"]]
+                if n == 1:
+                    ttfc = ttfc + ttfc_one
+                rows.append({
+                    "what": "serve", "model": f"{cfg.n_layer}x{cfg.n_hidden}",
+                    "vocab_size": cfg.vocab_size, "workers": workers, "streams": n,
+                    "chars_per_stream": chars,
+                    "ttfc_ms_median": round(statistics.median(ttfc) * 1e3, 2),
+                    "ttfc_ms_p90": round(float(np.percentile(ttfc, 90)) * 1e3, 2),
+                    "chars_per_s_per_stream": round(statistics.median(
+                        x for r in runs for x in r["per_stream"])),
+                    "total_chars_per_s": round(statistics.median(r["total"] for r in runs)),
+                })
+    base = rows[0]["total_chars_per_s"]
+    for row in rows:
+        row["speedup"] = round(row["total_chars_per_s"] / base, 2)
+    checks = {"ttfc_ms_at_1": rows[0]["ttfc_ms_median"], "ttfc_target_ms": TARGET_TTFC_MS,
+              "ttfc_ok": rows[0]["ttfc_ms_median"] <= TARGET_TTFC_MS,
+              "speedup_at_max": rows[-1]["speedup"], "speedup_target": TARGET_SPEEDUP,
+              "speedup_ok": rows[-1]["speedup"] >= TARGET_SPEEDUP}
+    if json_out:
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        print(json.dumps({"what": "serve-targets", **checks}), flush=True)
+    else:
+        print(f"serve {rows[0]['model']} (vocab {rows[0]['vocab_size']}) on {workers} gunicorn "
+              f"worker(s), {chars} chars per stream, {checkpoint}")
+        print(f"{'streams':>8} {'ttfc ms (p50/p90)':>18} {'chars/s/stream':>15} "
+              f"{'total chars/s':>14} {'speedup':>8}")
+        for r in rows:
+            print(f"{r['streams']:>8} {r['ttfc_ms_median']:>8.2f} / {r['ttfc_ms_p90']:<7.2f} "
+                  f"{r['chars_per_s_per_stream']:>15,} {r['total_chars_per_s']:>14,} "
+                  f"{r['speedup']:>7.2f}x")
+        print(f"targets: ttfc {checks['ttfc_ms_at_1']:.2f} ms <= {TARGET_TTFC_MS:g} ms "
+              f"{'ok' if checks['ttfc_ok'] else 'MISSED'}; speedup at {rows[-1]['streams']} "
+              f"streams {checks['speedup_at_max']:.2f}x >= {TARGET_SPEEDUP:g}x "
+              f"{'ok' if checks['speedup_ok'] else 'MISSED'}", flush=True)
+    return rows
