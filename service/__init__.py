@@ -9,6 +9,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     """The app, configured from CHARLM_* environment variables (or test_config), with its
     models loading (in a background thread unless LOAD is "sync")."""
     app = Flask(__name__)
+    app.json.sort_keys = False  # keep fields, and alternatives most probable first, in order
     app.config.from_mapping(
         CHECKPOINTS="checkpoints",  # a directory (each *.npz served by its stem) or one file
         DEFAULT_MODEL=None,  # None: "default" if there is one, else the first by name

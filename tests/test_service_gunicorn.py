@@ -237,3 +237,73 @@ def test_load(server):
         assert texts[k] == one(k)
     for before, after in zip(rss[1], rss[-1], strict=True):
         assert after - before < 4096, rss  # KiB: flat, once the first round has warmed up
+
+
+# ---------------------------------------------------------------------------------------------
+# deployment: the gunicorn config, the Procfile, run_serve
+
+
+def test_gunicorn_config_follows_the_environment(monkeypatch):
+    import runpy
+
+    from charlm.serve import CONF
+
+    monkeypatch.delenv("CHARLM_LOAD", raising=False)  # the config sets it; restored after
+    monkeypatch.setenv("PORT", "5123")
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    monkeypatch.setenv("CHARLM_MAX_CONCURRENCY", "10")
+    conf = runpy.run_path(str(CONF))
+    assert conf["bind"] == ["0.0.0.0:5123"] and conf["workers"] == 3
+    assert conf["worker_class"] == "gthread" and conf["threads"] == 18  # above the cap
+    assert conf["preload_app"] is False and conf["wsgi_app"] == "service:create_app()"
+    assert conf["accesslog"] == "-" and conf["timeout"] >= 60
+    assert os.environ["CHARLM_LOAD"] == "sync"
+    monkeypatch.delenv("PORT")
+    monkeypatch.delenv("WEB_CONCURRENCY")
+    conf = runpy.run_path(str(CONF))
+    assert conf["bind"] == ["0.0.0.0:8000"] and conf["workers"] == 1
+
+
+def test_procfile_runs_gunicorn_with_the_config():
+    from charlm.serve import CONF
+
+    procfile = (CONF.parent.parent / "Procfile").read_text().splitlines()
+    assert procfile == ["web: gunicorn -c service/gunicorn.conf.py"]
+
+
+def test_run_serve_refuses_what_cannot_be_served(tmp_path):
+    from charlm.errors import CharlmError
+    from charlm.serve import run_serve
+
+    with pytest.raises(CharlmError, match="does not exist"):
+        run_serve(tmp_path / "nope")
+    with pytest.raises(CharlmError, match="no \\*.npz"):
+        run_serve(tmp_path)
+    with pytest.raises(CharlmError, match="workers"):
+        make_checkpoint(tmp_path / "m.npz", list("ab"), seed=0)
+        run_serve(tmp_path, workers=0)
+
+
+def test_serve_env_and_argv(tmp_path):
+    env = serve_env(tmp_path, max_concurrency=9, api_key="123", cors_origins="https://a.b",
+                    default_model="m")
+    assert env == {"CHARLM_CHECKPOINTS": str(tmp_path.resolve()),
+                   "CHARLM_MAX_CONCURRENCY": "9", "CHARLM_API_KEY": '"123"',
+                   "CHARLM_CORS_ORIGINS": '"https://a.b"', "CHARLM_DEFAULT_MODEL": '"m"'}
+    argv = gunicorn_argv("127.0.0.1", 5000, 2, threads=7)
+    assert argv[1:3] == ["-m", "gunicorn"]
+    assert argv[argv.index("--bind") + 1] == "127.0.0.1:5000"
+    assert argv[argv.index("--workers") + 1] == "2" and argv[argv.index("--threads") + 1] == "7"
+
+
+def test_the_serve_benchmark_runs(checkpoint_dir, capsys):
+    import json as json_
+
+    from charlm.bench.serve import run_serve_bench
+
+    rows = run_serve_bench(json_out=True, checkpoint=checkpoint_dir / "small.npz", chars=20,
+                           rounds=1, levels=(1, 4))
+    assert [r["streams"] for r in rows] == [1, 4]
+    assert all(r["total_chars_per_s"] > 0 and r["ttfc_ms_median"] > 0 for r in rows)
+    lines = [json_.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[-1]["what"] == "serve-targets" and "speedup_ok" in lines[-1]

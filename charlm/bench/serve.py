@@ -121,17 +121,20 @@ def one_stream(port: int, body: bytes) -> tuple[float, float, int]:
         conn.close()
 
 
-def level(port: int, streams: int, chars: int, seed: int) -> dict:
+def level(port: int, streams: int, chars: int, seed: int, prompt: str) -> dict:
     """streams clients at once, each streaming `chars` characters; their figures together."""
     results: list = [None] * streams
     barrier = threading.Barrier(streams + 1)
 
     def client(k: int) -> None:
-        body = json.dumps({"inputs": "The ", "parameters": {
+        body = json.dumps({"inputs": prompt, "parameters": {
             "max_new_tokens": chars, "do_sample": True, "temperature": 0.8,
             "seed": seed + k}}).encode()
         barrier.wait()
-        results[k] = one_stream(port, body)
+        try:
+            results[k] = one_stream(port, body)
+        except Exception as e:  # reported below, from the calling thread
+            results[k] = e
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(streams)]
     for t in threads:
@@ -141,8 +144,9 @@ def level(port: int, streams: int, chars: int, seed: int) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    if any(r is None or r[2] != chars for r in results):
-        raise CharlmError(f"a stream at {streams} did not complete: {results}")
+    for r in results:
+        if isinstance(r, Exception) or r is None or r[2] != chars:
+            raise CharlmError(f"a stream at {streams} streams did not complete: {r}")
     return {"ttfc": [r[0] for r in results],
             "per_stream": [chars / r[1] for r in results],
             "total": streams * chars / wall}
@@ -159,18 +163,21 @@ def run_serve_bench(json_out: bool = False, checkpoint: Path | None = None, work
         checkpoint = Path(checkpoint)
         from charlm.checkpoint import load_checkpoint
 
-        cfg = load_checkpoint(checkpoint).config
+        ckpt = load_checkpoint(checkpoint)
+        cfg = ckpt.config
+        # "The " when the model can read it, else the start of its vocabulary
+        prompt = "The " if set("The ") <= set(ckpt.vocab) else "".join(ckpt.vocab[:4])
         env = {"CHARLM_KERNEL_THREADS": str(kernel_threads)} if kernel_threads else {}
         with Server(checkpoint, workers, env, log=Path(tmp) / "gunicorn.log") as server:
             # warm-up: connections, threads, caches
             for _ in range(3):
-                level(server.port, 4, 50, seed=0)
+                level(server.port, 4, 50, 0, prompt)
             rows = []
             ttfc_one = []
             for _ in range(30):  # time to first character, alone, many times
-                ttfc_one.append(level(server.port, 1, 1, seed=1)["ttfc"][0])
+                ttfc_one.append(level(server.port, 1, 1, 1, prompt)["ttfc"][0])
             for n in levels:
-                runs = [level(server.port, n, chars, seed=100 * r) for r in range(rounds)]
+                runs = [level(server.port, n, chars, 100 * r, prompt) for r in range(rounds)]
                 ttfc = [x for r in runs for x in r["ttfc"]]
                 if n == 1:
                     ttfc = ttfc + ttfc_one
