@@ -1,5 +1,7 @@
-"""A generation request in flight: its concurrency slot, its job on the model's engine, and the
-one place that ends it, however the response ends (finished, failed, or the client left).
+"""A generation request in flight: its slot, its job on the model's engine, and its one ending.
+
+However the response ends (finished, failed, or the client left), Run.close() cancels the job
+and frees the slot, once.
 """
 
 import time

@@ -19,6 +19,10 @@ threads = int(os.environ.get("CHARLM_HTTP_THREADS", str(_cap + 8)))
 
 # each worker imports the app itself: numba's thread pool does not survive a fork
 preload_app = False
+# numba's OpenMP threads sleep rather than spin while they wait: request threads, other
+# workers and other models share these cores, and a spinning team that has lost a core to
+# them waits a whole scheduler slice at every step (measured: 100x slower on a busy machine)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # the app loads its models before a worker accepts connections, so no request meets a
 # worker that is still warming; a cold numba compile can take half a minute, hence the timeout
 os.environ.setdefault("CHARLM_LOAD", "sync")

@@ -1,5 +1,6 @@
-"""The served models: every checkpoint of the configured directory (or one file), loaded, packed,
-warmed and given an engine, in a background thread so /health can say 503 until they are ready.
+"""The served models: each checkpoint of the configured directory, loaded, warmed, with an engine.
+
+Loading can run in a background thread, so that /health says 503 until every model is ready.
 """
 
 import logging

@@ -248,7 +248,8 @@ def test_gunicorn_config_follows_the_environment(monkeypatch):
 
     from charlm.serve import CONF
 
-    monkeypatch.delenv("CHARLM_LOAD", raising=False)  # the config sets it; restored after
+    for name in ("CHARLM_LOAD", "OMP_WAIT_POLICY"):  # the config sets them; restored after
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PORT", "5123")
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
     monkeypatch.setenv("CHARLM_MAX_CONCURRENCY", "10")
@@ -257,7 +258,7 @@ def test_gunicorn_config_follows_the_environment(monkeypatch):
     assert conf["worker_class"] == "gthread" and conf["threads"] == 18  # above the cap
     assert conf["preload_app"] is False and conf["wsgi_app"] == "service:create_app()"
     assert conf["accesslog"] == "-" and conf["timeout"] >= 60
-    assert os.environ["CHARLM_LOAD"] == "sync"
+    assert os.environ["CHARLM_LOAD"] == "sync" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.delenv("PORT")
     monkeypatch.delenv("WEB_CONCURRENCY")
     conf = runpy.run_path(str(CONF))
