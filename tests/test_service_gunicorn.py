@@ -66,7 +66,7 @@ def server(checkpoint_dir, tmp_path_factory):
         shutil.copy(checkpoint_dir / name, d / name)
     make_checkpoint(d / "big.npz", list("\n abcdefghij"), seed=3, n_hidden=256)
     port = free_port()
-    env = {**os.environ, **serve_env(d, max_concurrency=CAP), "CHARLM_MAX_NEW_TOKENS": "20000",
+    env = {**os.environ, **serve_env(d, max_concurrency=CAP), "CHARLM_MAX_NEW_TOKENS": "100000",
            "CHARLM_KERNEL_THREADS": "1"}
     with open(d / "gunicorn.log", "w") as log:  # a file, not a pipe that could fill up
         proc = subprocess.Popen(gunicorn_argv("127.0.0.1", port, workers=2, log_level="warning"),
@@ -177,7 +177,7 @@ def test_errors_end_to_end(server):
 def test_a_client_that_disconnects_costs_no_more_cpu(server):
     port, master = server
     workers = children(master)
-    body = {"inputs": "a", "model": "big", "parameters": {"max_new_tokens": 20000}}
+    body = {"inputs": "a", "model": "big", "parameters": {"max_new_tokens": 100000}}
     conn, resp = post(port, "/generate_stream", body)
     assert resp.status == 200
     for _ in range(5):
