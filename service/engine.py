@@ -102,6 +102,10 @@ class Engine:
             self._fail_all(f"generation failed: {type(e).__name__}: {e}")
             return
         self.steps += 1
+        if not events and not self.batch.running:
+            # jobs the batch no longer runs would have the loop spin: never seen, but end them
+            self._fail_all("generation lost track of the stream")
+            return
         jobs = self._jobs
         for ev in events:
             job = jobs[ev.stream]
