@@ -12,7 +12,7 @@ from flask import Blueprint, current_app, jsonify
 from charlm.generate import SampleSettings, Token
 from service import generation, sse
 from service.engine import GenerationError
-from service.errors import validation
+from service.errors import ApiError, validation
 from service.generation import Run, check_prompt
 from service.models import Served
 from service.params import get_bool, get_float, get_int, get_object, get_stop, get_str, json_body
@@ -104,8 +104,7 @@ def full_text(req: TgiRequest, run: Run) -> str:
 @bp.post("/generate")
 def generate():
     """Text for a prompt: one JSON answer, or server-sent events with "stream": true."""
-    req = parse(json_body())
-    return respond(req)
+    return respond(parse(json_body()))
 
 
 @bp.post("/generate_stream")
@@ -127,7 +126,7 @@ def respond(req: TgiRequest):
     try:
         tokens = run.complete()
     except GenerationError as e:
-        return jsonify({"error": str(e), "error_type": "generation"}), 500
+        raise ApiError(500, str(e), "generation") from None
     out = {"generated_text": full_text(req, run)}
     if req.details:
         stoi = req.served.packed.stoi
