@@ -1,0 +1,433 @@
+"""Numba kernels for generation: one LSTM step of a batch of streams, the head, and the draw.
+
+Written for latency at batch size 1, where a step is bound by reading the weights once:
+
+- the weights are packed once (see generate.PackedModel): layer 0's input part is the table
+  E W0 + b0 (one row per character), and each layer's 4H columns are regrouped into blocks of
+  BLOCK units holding [i | f | g | o] of those units, so a run of columns is a set of whole
+  units that a thread can finish (matrix-vector product and cell) without the others;
+- the units are split into parts, one per thread, and each part's columns of W and U are
+  stored as a slab of their own (pack_slabs): a thread reads one contiguous stretch of memory
+  (reading half of every row instead was 30-40 % slower, the prefetchers lose the stream);
+- the matrix-vector products are loops over rows of a slab (sequential reads), four rows per
+  pass over z, each row read once for every stream in the batch;
+- the `_threads` kernels run the parts of each layer concurrently (prange).
+
+Every output element is computed by the same sequence of operations whatever the batch size,
+the stream's slot or the number of parts (sums over rows run in row order; no reassociation),
+so a stream's text does not depend on what else runs beside it. Random numbers are
+counter-based: the k-th draw of a stream is a hash of (its key, k).
+"""
+
+import numba as nb
+import numpy as np
+
+from charlm.kernels import sigmoid, tanh
+
+BLOCK = 16  # units per gate block of the packed columns: two float32 vectors of each gate
+
+# matrix-vector products and cell: fma contraction only, so every sum keeps its row order
+# (fastmath=True would allow reassociation, which can differ between inlined copies).
+MATVEC = dict(cache=True, fastmath={"contract"}, error_model="numpy", nogil=True)
+# softmax, log-sum-exp and sampling rely on exact inf/NaN semantics: no fastmath
+EXACT = dict(cache=True, nogil=True)
+
+# splitmix64 constants (Steele, Lea, Flood 2014), typed uint64 so numba never mixes in int64
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+MIX2 = np.uint64(0x94D049BB133111EB)
+S11, S27, S30, S31 = np.uint64(11), np.uint64(27), np.uint64(30), np.uint64(31)
+TWO_M53 = 2.0**-53
+
+
+# --------------------------------------------------------------------------------------------
+# the packed layout (used by generate.PackedModel) and random numbers
+
+
+def block_columns(H: int) -> np.ndarray:
+    """Permutation of the 4H gate columns into the packed layout: new[:, n] = old[:, perm[n]].
+
+    Units are grouped in blocks of BLOCK (the last one may be shorter); the block of units
+    u0 .. u0+s-1 occupies columns 4 u0 .. 4 (u0+s) - 1 as [i (s) | f (s) | g (s) | o (s)].
+    """
+    perm = np.empty(4 * H, np.int64)
+    for u0 in range(0, H, BLOCK):
+        s = min(BLOCK, H - u0)
+        for q in range(4):  # gate blocks i, f, g, o
+            perm[4 * u0 + q * s : 4 * u0 + (q + 1) * s] = q * H + u0 + np.arange(s)
+    return perm
+
+
+def unit_bounds(H: int, parts: int) -> np.ndarray:
+    """Unit boundaries (parts+1,) splitting H units into parts of whole blocks, near equal."""
+    n_blocks = -(-H // BLOCK)
+    cuts = [min(H, round(p * n_blocks / parts) * BLOCK) for p in range(parts + 1)]
+    return np.array(cuts, np.int64)
+
+
+def pack_slabs(M: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """(K, 4H) packed columns -> (P, K, C) slabs: part p's columns 4 u0 .. 4 u1 in slab p.
+
+    C is the widest part's width; narrower parts are padded with zeros that are never read.
+    """
+    widths = 4 * np.diff(bounds)
+    slabs = np.zeros((len(widths), M.shape[0], max(widths.max(), 1)), np.float32)
+    for part, (u0, w) in enumerate(zip(bounds[:-1], widths, strict=True)):
+        slabs[part, :, :w] = M[:, 4 * u0 : 4 * u0 + w]
+    return slabs
+
+
+MASK64 = (1 << 64) - 1
+
+
+def stream_key(seed: int) -> int:
+    """The 64-bit key of a stream's random numbers: splitmix64 of the seed."""
+    z = (seed + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+@nb.njit(**EXACT)
+def uniform(key, counter):
+    r"""The counter-th uniform number of the stream with this key, in [0, 1) with 53 bits.
+
+    .. math::  u = \lfloor \mathrm{mix}(\mathrm{key} + (k+1)\,\varphi) / 2^{11} \rfloor \, 2^{-53}
+
+    with mix the splitmix64 finaliser and phi = 0x9E3779B97F4A7C15: a counter-based generator,
+    so a stream's numbers depend only on its key and how many it has drawn.
+    """
+    z = key + (counter + np.uint64(1)) * GOLDEN
+    z = (z ^ (z >> S30)) * MIX1
+    z = (z ^ (z >> S27)) * MIX2
+    z = z ^ (z >> S31)
+    return np.float64(z >> S11) * TWO_M53
+
+
+# --------------------------------------------------------------------------------------------
+# arithmetic leaves: the matrix-vector products and the cell
+
+
+@nb.njit(**MATVEC)
+def add_rows(X, M, z, x, j0, width):
+    r"""z[n, j0:j0+width] += X[n] M[:, :width] for every stream n with an input (x[n] >= 0).
+
+    .. math::  z_{n,j_0+j} \mathrel{+}= \sum_k X_{nk} M_{kj}  \quad \text{(summed in order of k)}
+
+    A loop over rows of M, four rows per pass over z: each row is read once for all streams.
+
+    Parameters
+    ----------
+    X : (B, K) the inputs of the B streams (a strided view is fine: only scalars are read).
+    M : (K, C) a slab of weights, C-contiguous, C >= width.
+    z : (B, 4H) accumulators.
+    x : (B,) streams with x[n] < 0 are skipped.
+    """
+    B, K = X.shape
+    k = 0
+    while k + 4 <= K:
+        m0, m1, m2, m3 = M[k, :width], M[k + 1, :width], M[k + 2, :width], M[k + 3, :width]
+        for n in range(B):
+            if x[n] < 0:
+                continue
+            a0, a1, a2, a3 = X[n, k], X[n, k + 1], X[n, k + 2], X[n, k + 3]
+            zn = z[n, j0 : j0 + width]
+            for j in range(width):
+                zn[j] = zn[j] + a0 * m0[j] + a1 * m1[j] + a2 * m2[j] + a3 * m3[j]
+        k += 4
+    while k < K:
+        m0 = M[k, :width]
+        for n in range(B):
+            if x[n] < 0:
+                continue
+            a0 = X[n, k]
+            zn = z[n, j0 : j0 + width]
+            for j in range(width):
+                zn[j] = zn[j] + a0 * m0[j]
+        k += 1
+
+
+@nb.njit(**MATVEC)
+def add_head(hv, Wy, z):
+    """z += hv Wy for one stream: the head, as a loop over rows of Wy (H, V)."""
+    for k in range(Wy.shape[0]):
+        a, w = hv[k], Wy[k]
+        for v in range(z.shape[0]):
+            z[v] = z[v] + a * w[v]
+
+
+@nb.njit(**MATVEC)
+def cell(z, c, h_new, u0, u1):
+    r"""The LSTM cell of one stream for units [u0, u1), from gates z in the packed layout.
+
+    .. math::
+
+        i = \sigma(z_i) \quad f = \sigma(z_f) \quad g = \tanh(z_g) \quad o = \sigma(z_o)
+        c \leftarrow f \odot c + i \odot g \qquad h_{new} = o \odot \tanh(c)
+
+    Parameters
+    ----------
+    z : (4H,) pre-activations in the packed layout (see block_columns).
+    c : (H,) this layer's cell state, updated in place.
+    h_new : (H,) out: this layer's new hidden state.
+    """
+    H = c.shape[0]
+    for ub in range(u0, u1, BLOCK):
+        s = min(BLOCK, H - ub)
+        zi, zf = z[4 * ub : 4 * ub + s], z[4 * ub + s : 4 * ub + 2 * s]
+        zg, zo = z[4 * ub + 2 * s : 4 * ub + 3 * s], z[4 * ub + 3 * s : 4 * ub + 4 * s]
+        cb, hb = c[ub : ub + s], h_new[ub : ub + s]
+        for j in range(s):
+            i = sigmoid(zi[j])
+            f = sigmoid(zf[j])
+            g = tanh(zg[j])
+            o = sigmoid(zo[j])
+            cb[j] = f * cb[j] + i * g
+            hb[j] = o * tanh(cb[j])
+
+
+@nb.njit(**MATVEC)
+def advance(layer, part, bounds, EW, U, W, b, x, h, c, h_new, z):
+    r"""One part of one layer (units u0 .. u1) for every stream with an input (x[n] >= 0).
+
+    .. math::
+
+        z^0 = (E W_0 + b_0)[x] + h^0 U_0  \qquad  z^l = b_l + h^{l-1}_{new} W_l + h^l U_l
+
+    then the cell. Reads h (the old state, every unit) and h_new[:, layer-1] (the layer below,
+    complete); writes only z columns 4 u0 .. 4 u1 and c, h_new of units u0 .. u1, so the parts
+    of a layer can run concurrently.
+    """
+    u0, u1 = bounds[part], bounds[part + 1]
+    j0, j1 = 4 * u0, 4 * u1
+    for n in range(x.shape[0]):
+        if x[n] < 0:
+            continue
+        if layer == 0:
+            z[n, j0:j1] = EW[x[n], j0:j1]
+        else:
+            z[n, j0:j1] = b[layer - 1, j0:j1]
+    if layer > 0:
+        add_rows(h_new[:, layer - 1], W[layer - 1, part], z, x, j0, j1 - j0)
+    add_rows(h[:, layer], U[layer, part], z, x, j0, j1 - j0)
+    for n in range(x.shape[0]):
+        if x[n] >= 0:
+            cell(z[n], c[n, layer], h_new[n, layer], u0, u1)
+
+
+# --------------------------------------------------------------------------------------------
+# the head and the draw: exact arithmetic
+
+
+@nb.njit(**EXACT)
+def draw(z, temperature, top_k, top_p, u, p, order):
+    r"""The next character, drawn with uniform u, and its log-probability under softmax(z).
+
+    .. math::
+
+        p_v \propto \exp((z_v - \max z) / T), \qquad
+        \mathrm{logp}_y = z_y - \log \sum_v \exp z_v
+
+    The draw is from p, filtered by pick; T = 0 is greedy, the first index of the largest
+    logit. logp is under the model's own distribution (T = 1, unfiltered), whatever the
+    settings, so it says what the model thought of the character.
+
+    Parameters
+    ----------
+    z : (V,) logits.
+    p : (V,) float64 workspace, order : (V,) int64 workspace.
+
+    Returns
+    -------
+    y, logp
+    """
+    V = z.shape[0]
+    m = np.float64(z[0])
+    best = 0
+    for v in range(1, V):
+        if z[v] > m:
+            m, best = np.float64(z[v]), v
+    # softmax(z): the normaliser of logp, and at T = 1 the weights of the draw too
+    s = 0.0
+    for v in range(V):
+        p[v] = np.exp(np.float64(z[v]) - m)
+        s += p[v]
+    lse = m + np.log(s)
+    if temperature == 0.0:
+        return best, np.float64(z[best]) - lse
+    total = s
+    if temperature != 1.0:
+        total = 0.0
+        for v in range(V):
+            p[v] = np.exp((np.float64(z[v]) - m) / temperature)
+            total += p[v]
+    y = pick(p, total, best, top_k, top_p, u, order)
+    return y, np.float64(z[y]) - lse
+
+
+@nb.njit(**EXACT)
+def pick(p, total, best, top_k, top_p, u, order):
+    r"""Index drawn with uniform u from unnormalised weights p (summing to total).
+
+    Restricted to the top_k largest weights (top_k > 0), then to the fewest largest of those
+    whose renormalised mass is at least top_p (nucleus); the pick is the first character
+    whose cumulative kept mass exceeds u times the kept mass. Ties keep index order.
+    best (the largest weight's index) is the answer if rounding leaves u past the sum.
+    """
+    V = p.shape[0]
+    if (top_k <= 0 or top_k >= V) and top_p >= 1.0:
+        target, acc, last = u * total, 0.0, best
+        for v in range(V):
+            if p[v] > 0.0:
+                acc += p[v]
+                last = v
+                if acc > target:
+                    return v
+        return last  # rounding left u * total beyond the sum
+    # order by descending weight, index order among ties (a stable insertion sort)
+    for v in range(V):
+        r = v
+        while r > 0 and p[order[r - 1]] < p[v]:
+            order[r] = order[r - 1]
+            r -= 1
+        order[r] = v
+    n_keep = V if top_k <= 0 else min(top_k, V)
+    kept = 0.0
+    for r in range(n_keep):
+        kept += p[order[r]]
+    if top_p < 1.0:  # of the mass top-k kept, as if renormalised first
+        acc = 0.0
+        for r in range(n_keep):
+            acc += p[order[r]]
+            if acc >= top_p * kept:
+                n_keep = r + 1
+                kept = acc
+                break
+    target, acc = u * kept, 0.0
+    for r in range(n_keep):
+        acc += p[order[r]]
+        if acc > target:
+            return order[r]
+    return order[n_keep - 1]
+
+
+@nb.njit(**EXACT)
+def finish(n, Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p, order,
+           logp):
+    r"""Stream n after its layers: commit the new state, the head, and draw the next input.
+
+    .. math::  z = h^{L-1} W_y + b_y, \qquad x \leftarrow \mathrm{draw}(z), \qquad
+               \mathrm{logp} = \log \mathrm{softmax}(z)_x
+
+    A stream with x[n] < 0 had no input (an empty prompt): its state stays zero and the head
+    reads it, so its first character comes from softmax(b_y / T).
+    """
+    if x[n] >= 0:
+        h[n] = h_new[n]
+    z = logits[n]
+    z[:] = by
+    add_head(h[n, -1], Wy, z)
+    u = uniform(key[n], counter[n])
+    counter[n] += np.uint64(1)
+    x[n], logp[n] = draw(z, temperature[n], top_k[n], top_p[n], u, p[n], order[n])
+
+
+# --------------------------------------------------------------------------------------------
+# the step and the prompt: one jitted call each, serial or with one thread per part
+
+
+@nb.njit(**EXACT)
+def step(EW, U, W, b, Wy, by, bounds, x, h, c, h_new, z, temperature, top_k, top_p, key,
+         counter, logits, p, order, logp):
+    r"""Advance B streams by one character: every layer, the head, and the draw.
+
+    Parameters
+    ----------
+    EW : (V, 4H) E W_0 + b_0, packed columns.  U : (L, P, H, C), W : (L-1, P, H, C) slabs
+    (see pack_slabs), b : (L-1, 4H) packed.  Wy : (H, V), by : (V,) the head.
+    bounds : (P+1,) unit boundaries of the parts (see unit_bounds).
+    x : (B,) in: each stream's input character (-1: none, start from the zero state);
+        out: the character drawn, which is the next input.
+    h, c : (B, L, H) recurrent state, advanced in place.  h_new : (B, L, H), z : (B, 4H)
+    workspaces.  temperature, top_k, top_p : (B,) per-stream settings.
+    key, counter : (B,) uint64 random streams; counter is advanced by one.
+    logits : (B, V) out: the logits of this step.  p : (B, V), order : (B, V) workspaces.
+    logp : (B,) out: log-probability of the drawn character under softmax(logits).
+    """
+    for layer in range(U.shape[0]):
+        for part in range(bounds.shape[0] - 1):
+            advance(layer, part, bounds, EW, U, W, b, x, h, c, h_new, z)
+    for n in range(x.shape[0]):
+        finish(n, Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p,
+               order, logp)
+
+
+@nb.njit(parallel=True, **EXACT)
+def step_threads(EW, U, W, b, Wy, by, bounds, x, h, c, h_new, z, temperature, top_k, top_p,
+                 key, counter, logits, p, order, logp):
+    """step with the parts of each layer run concurrently, one thread each.
+
+    The head stays serial: it is a few percent of a step even for dozens of streams.
+    """
+    for layer in range(U.shape[0]):
+        for part in nb.prange(bounds.shape[0] - 1):
+            advance(layer, part, bounds, EW, U, W, b, x, h, c, h_new, z)
+    for n in range(x.shape[0]):
+        finish(n, Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p,
+               order, logp)
+
+
+@nb.njit(**EXACT)
+def prime(EW, U, W, b, bounds, idx, x, h, c, h_new, z):
+    """Feed one stream the characters idx[:-1]; leave x[0] = idx[-1] (or -1 if idx is empty).
+
+    x, h, c, h_new, z are that stream's rows (B = 1). The last character is fed by the first
+    step, whose head then gives the distribution of the character after the prompt.
+    """
+    for t in range(idx.shape[0] - 1):
+        x[0] = idx[t]
+        for layer in range(U.shape[0]):
+            for part in range(bounds.shape[0] - 1):
+                advance(layer, part, bounds, EW, U, W, b, x, h, c, h_new, z)
+        h[0] = h_new[0]
+    x[0] = idx[-1] if idx.shape[0] > 0 else -1
+
+
+@nb.njit(parallel=True, **EXACT)
+def prime_threads(EW, U, W, b, bounds, idx, x, h, c, h_new, z):
+    """prime with one thread per part of each layer."""
+    for t in range(idx.shape[0] - 1):
+        x[0] = idx[t]
+        for layer in range(U.shape[0]):
+            for part in nb.prange(bounds.shape[0] - 1):
+                advance(layer, part, bounds, EW, U, W, b, x, h, c, h_new, z)
+        h[0] = h_new[0]
+    x[0] = idx[-1] if idx.shape[0] > 0 else -1
+
+
+def warmup() -> None:
+    """Compile (or load from the cache) every generation kernel, on tiny float32 arrays.
+
+    The arrays have the types the Batch passes, so later calls find the compiled code. The
+    threaded kernels are compiled without being run: a server that forks after warming up
+    (a preloading gunicorn) does not start numba's thread pool, which is not fork-safe.
+    """
+    L, H, V, B = 2, 4, 3, 1
+    f32 = np.float32
+    weights = (np.zeros((V, 4 * H), f32), np.zeros((L, 1, H, 4 * H), f32),
+               np.zeros((L - 1, 1, H, 4 * H), f32), np.zeros((L - 1, 4 * H), f32))
+    head = (np.zeros((H, V), f32), np.zeros(V, f32))
+    bounds = unit_bounds(H, 1)
+    x = np.zeros(B, np.int64)
+    state = (np.zeros((B, L, H), f32), np.zeros((B, L, H), f32), np.zeros((B, L, H), f32),
+             np.zeros((B, 4 * H), f32))
+    settings = (np.ones(B), np.zeros(B, np.int64), np.ones(B), np.zeros(B, np.uint64),
+                np.zeros(B, np.uint64))
+    outputs = (np.zeros((B, V), f32), np.zeros((B, V)), np.zeros((B, V), np.int64), np.zeros(B))
+    idx = np.zeros(2, np.int64)
+    step_args = (*weights, *head, bounds, x, *state, *settings, *outputs)
+    prime_args = (*weights, bounds, idx, x, *state)
+    step(*step_args)
+    prime(*prime_args)
+    step_threads.compile(tuple(nb.typeof(a) for a in step_args))
+    prime_threads.compile(tuple(nb.typeof(a) for a in prime_args))
