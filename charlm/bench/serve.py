@@ -194,6 +194,9 @@ def run_serve_bench(json_out: bool = False, checkpoint: Path | None = None, work
     base = rows[0]["total_chars_per_s"]
     for row in rows:
         row["speedup"] = round(row["total_chars_per_s"] / base, 2)
+    load = os.getloadavg()[0]  # other work on the machine skews every figure above
+    for row in rows:
+        row["load_avg_1min"] = round(load, 2)
     checks = {"ttfc_ms_at_1": rows[0]["ttfc_ms_median"], "ttfc_target_ms": TARGET_TTFC_MS,
               "ttfc_ok": rows[0]["ttfc_ms_median"] <= TARGET_TTFC_MS,
               "speedup_at_max": rows[-1]["speedup"], "speedup_target": TARGET_SPEEDUP,
@@ -204,7 +207,8 @@ def run_serve_bench(json_out: bool = False, checkpoint: Path | None = None, work
         print(json.dumps({"what": "serve-targets", **checks}), flush=True)
     else:
         print(f"serve {rows[0]['model']} (vocab {rows[0]['vocab_size']}) on {workers} gunicorn "
-              f"worker(s), {chars} chars per stream, {checkpoint}")
+              f"worker(s), {chars} chars per stream, {checkpoint}; {os.cpu_count()} cores, "
+              f"load average {load:.2f} at the end")
         print(f"{'streams':>8} {'ttfc ms (p50/p90)':>18} {'chars/s/stream':>15} "
               f"{'total chars/s':>14} {'speedup':>8}")
         for r in rows:
