@@ -172,6 +172,10 @@ def run_serve_bench(json_out: bool = False, checkpoint: Path | None = None, work
             # warm-up: connections, threads, caches
             for _ in range(3):
                 level(server.port, 4, 50, 0, prompt)
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request("GET", "/info")
+            threads = json.loads(conn.getresponse().read())["models"][0]["kernel_threads"]
+            conn.close()
             rows = []
             ttfc_one = []
             for _ in range(30):  # time to first character, alone, many times
@@ -183,7 +187,8 @@ def run_serve_bench(json_out: bool = False, checkpoint: Path | None = None, work
                     ttfc = ttfc + ttfc_one
                 rows.append({
                     "what": "serve", "model": f"{cfg.n_layer}x{cfg.n_hidden}",
-                    "vocab_size": cfg.vocab_size, "workers": workers, "streams": n,
+                    "vocab_size": cfg.vocab_size, "workers": workers,
+                    "kernel_threads": threads, "streams": n,
                     "chars_per_stream": chars,
                     "ttfc_ms_median": round(statistics.median(ttfc) * 1e3, 2),
                     "ttfc_ms_p90": round(float(np.percentile(ttfc, 90)) * 1e3, 2),
@@ -207,7 +212,8 @@ def run_serve_bench(json_out: bool = False, checkpoint: Path | None = None, work
         print(json.dumps({"what": "serve-targets", **checks}), flush=True)
     else:
         print(f"serve {rows[0]['model']} (vocab {rows[0]['vocab_size']}) on {workers} gunicorn "
-              f"worker(s), {chars} chars per stream, {checkpoint}; {os.cpu_count()} cores, "
+              f"worker(s), {rows[0]['kernel_threads']} kernel thread(s), {chars} chars per "
+              f"stream, {checkpoint}; {os.cpu_count()} cores, "
               f"load average {load:.2f} at the end")
         print(f"{'streams':>8} {'ttfc ms (p50/p90)':>18} {'chars/s/stream':>15} "
               f"{'total chars/s':>14} {'speedup':>8}")
