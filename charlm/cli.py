@@ -172,6 +172,73 @@ def info(
 
 
 # ---------------------------------------------------------------------------------------------
+# sample and serve
+
+
+@app.command()
+@friendly
+def sample(
+    checkpoint: Annotated[Path, typer.Argument(
+        help="A checkpoint file, or a directory (its best.npz, else latest.npz).")
+    ] = Path("checkpoints"),
+    prompt: Annotated[str, typer.Option(help="Text to start from (empty: the zero state).")
+                      ] = "",
+    length: Annotated[int, typer.Option(min=0, help="Characters to generate at most.")] = 500,
+    temperature: Annotated[float, typer.Option(help="0 is greedy; higher is more random.")
+                           ] = 0.8,
+    top_k: Annotated[int, typer.Option(help="Keep the k most probable characters (0: all).")
+                     ] = 0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass, in (0, 1].")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed, for repeatable text.")  # noqa: UP045
+                    ] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        help="Stop at this string (repeatable); it is left out.")] = None,
+    drop_unknown: Annotated[bool, typer.Option(
+        help="Drop prompt characters the model does not know instead of failing.")] = False,
+    distribution: Annotated[bool, typer.Option(
+        help="Print the next-character distribution after the prompt instead.")] = False,
+    top_n: Annotated[int, typer.Option(min=1, help="Rows of --distribution.")] = 20,
+) -> None:
+    """Generate text from a trained model, printed as it is drawn."""
+    from charlm.checkpoint import find_checkpoint, load_checkpoint
+    from charlm.generate import Generator, SampleSettings, distribution_table, print_sample
+
+    settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                              max_new_chars=length, stop=tuple(stop or ()))
+    ck = load_checkpoint(find_checkpoint(checkpoint))
+    gen = Generator(ck.model(), ck.vocab)
+    if distribution:
+        from rich.console import Console
+
+        dist = gen.distribution(prompt, temperature, drop_unknown)
+        Console().print(distribution_table(dist, top_n))
+        return
+    print_sample(gen, prompt, settings, drop_unknown=drop_unknown)
+
+
+@app.command()
+@friendly
+def serve(
+    checkpoints: Annotated[Path, typer.Argument(
+        help="A directory of .npz checkpoints, or one checkpoint file.")] = Path("checkpoints"),
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="gunicorn worker processes.")] = 1,
+    api_key: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Require 'Authorization: Bearer KEY' on generation routes.")] = None,
+    cors_origins: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Comma-separated origins allowed by CORS.")] = None,
+    dev: Annotated[bool, typer.Option(help="Flask's development server instead of gunicorn.")
+                   ] = False,
+) -> None:
+    """Serve checkpoints over HTTP (gunicorn with service/gunicorn.conf.py)."""
+    from charlm.serve import run_serve
+
+    run_serve(checkpoints, host=host, port=port, workers=workers, api_key=api_key,
+              cors_origins=cors_origins, dev=dev)
+
+
+# ---------------------------------------------------------------------------------------------
 # corpus
 
 
@@ -225,6 +292,33 @@ def bench_train(
 
     run_train_bench(batch=batch, seq_len=seq_len, rounds=rounds, json_out=json_out,
                     profile=profile)
+
+
+@bench_app.command("sample")
+@friendly
+def bench_sample(
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved measurement rounds.")] = 5,
+) -> None:
+    """Microseconds per generated character at batch 1 (2x128, 2x512), the ratio to torch, and
+    batched throughput."""
+    from charlm.bench.sample import run_sample_bench
+
+    run_sample_bench(json_out=json_out, rounds=rounds)
+
+
+@bench_app.command("serve")
+@friendly
+def bench_serve(
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    checkpoint: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Checkpoint to serve (default: checkpoints/default.npz).")] = None,
+    workers: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """Time to first character and chars/s of gunicorn on loopback at 1, 8 and 32 streams."""
+    from charlm.bench.serve import run_serve_bench
+
+    run_serve_bench(json_out=json_out, checkpoint=checkpoint, workers=workers)
 
 
 def main() -> None:  # pragma: no cover - the console script entry

@@ -179,8 +179,9 @@ class Trainer:
         self.opt = OPTIMIZERS[self.cfg.optimizer](self.model.n_params, self.model.dtype)
         self.opt.load_state({k: v for k, v in c.opt_state.items()
                              if not k.startswith("state_")})
-        self.rng = np.random.Generator(np.random.PCG64())
-        self.rng.bit_generator.state = meta["rng_state"]
+        self.rng = c.rng()
+        if self.rng is None:
+            raise CharlmError("the checkpoint has no RNG state to resume from")
         self.batcher = Batcher(self.corpus.train, self.cfg.batch_size, self.cfg.seq_len,
                                position=meta["data_position"])
         self.state = State(c.opt_state["state_h"].copy(), c.opt_state["state_c"].copy())
@@ -246,7 +247,7 @@ class Trainer:
         from charlm.generate import Generator
 
         gen = Generator(self.model, self.vocab.itos)
-        return "".join(t.text for t in gen.generate("", max_new_chars=n, temperature=0.8,
+        return "".join(t.char for t in gen.generate(max_new_chars=n, temperature=0.8,
                                                     seed=self.step))
 
     def _step_limit(self) -> int:
