@@ -46,6 +46,7 @@ def friendly(fn):
 @app.command()
 @friendly
 def train(
+    ctx: typer.Context,
     corpus: Annotated[Optional[str], typer.Argument(  # noqa: UP045 (typer needs Optional)
         help="A UTF-8 text file, or a corpus name from `charlm corpus list`. "
              "Default: the offline corpus built from Python's standard library.")] = None,
@@ -102,7 +103,10 @@ def train(
                             dtype=dtype)
     from charlm.run import run_training
 
-    run_training(corpus, model_cfg, cfg, out, resume, encoding_errors)
+    # on --resume, options left at their defaults take the checkpoint's values
+    given = {name for name in ctx.params
+             if getattr(ctx.get_parameter_source(name), "name", "") != "DEFAULT"}
+    run_training(corpus, model_cfg, cfg, out, resume, encoding_errors, given=given)
 
 
 @app.command("eval")
@@ -169,6 +173,23 @@ def info(
         lines.append("options     " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                 for k, v in tcfg.items()))
     typer.echo("\n".join(lines))
+
+
+@app.command()
+@friendly
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or directory.")],
+    out: Annotated[Path, typer.Argument(help="The file to write (.npz).")],
+) -> None:
+    """A serving copy of a checkpoint: weights, config, vocabulary and history, without the
+    optimizer and data state (a third of the size; it cannot be resumed)."""
+    from charlm.checkpoint import TRAIN_META, find_checkpoint, load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(find_checkpoint(checkpoint))
+    keep = {k: v for k, v in ck.meta.items() if k in TRAIN_META or k.startswith("corpus")}
+    keep["rng_state"] = None
+    save_checkpoint(out, ck.model(), ck.vocab, keep)
+    typer.echo(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -16,15 +17,26 @@ from charlm.train import LN2, StopFlag, TrainConfig, Trainer
 
 def run_training(corpus: str | None, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
                  resume: Path | None, encoding_errors: str = "strict",
-                 console: Console | None = None) -> Trainer:
-    """Train from the command line's arguments; returns the finished trainer."""
+                 console: Console | None = None, given: set[str] | None = None) -> Trainer:
+    """Train from the command line's arguments; returns the finished trainer.
+
+    When resuming, the training options not in `given` (the ones the user typed) and the
+    corpus, if none is named, come from the checkpoint.
+    """
     console = console or Console(stderr=True)
+    previous = ckpt.load_checkpoint(resume) if resume is not None else None
+    if previous is not None:
+        saved = previous.meta["train_config"]
+        given = set(given or ())
+        cfg = TrainConfig.from_dict({**saved, **{k: v for k, v in asdict(cfg).items()
+                                                 if k in given or k not in saved}})
+        if corpus is None:
+            corpus = previous.meta.get("corpus_path")
     path = resolve_corpus(corpus)
     data = load_corpus(path, val_frac=cfg.val_frac, encoding_errors=encoding_errors)
     if data.val_dropped:
         console.print(f"note: {data.val_dropped:,} validation characters are not in the "
                       "training text's vocabulary and are left out of the validation loss")
-    previous = ckpt.load_checkpoint(resume) if resume is not None else None
     trainer = Trainer(data, model_cfg, cfg, out, resume=previous)
     m = trainer.model.config
     console.print(f"corpus {path} ({len(data.train):,} train / {len(data.val):,} val chars, "

@@ -165,6 +165,9 @@ class Trainer:
 
     def _restore(self, c: ckpt.Checkpoint) -> None:
         meta = c.meta
+        if "state_h" not in c.opt_state or c.rng() is None:
+            raise CharlmError("the checkpoint has no training state (optimizer, RNG) to resume "
+                              "from: it was exported for serving")
         if meta.get("corpus_sha256") != self.corpus.sha256:
             raise CharlmError(f"{self.corpus.name} is not the corpus this checkpoint was "
                               "trained on (sha256 differs)")
@@ -180,8 +183,6 @@ class Trainer:
         self.opt.load_state({k: v for k, v in c.opt_state.items()
                              if not k.startswith("state_")})
         self.rng = c.rng()
-        if self.rng is None:
-            raise CharlmError("the checkpoint has no RNG state to resume from")
         self.batcher = Batcher(self.corpus.train, self.cfg.batch_size, self.cfg.seq_len,
                                position=meta["data_position"])
         self.state = State(c.opt_state["state_h"].copy(), c.opt_state["state_c"].copy())
@@ -206,6 +207,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "loss_window": self.loss_window,
             "corpus": self.corpus.name,
+            "corpus_path": str(self.corpus.path.resolve()),
             "corpus_sha256": self.corpus.sha256,
         }
         # the streams' recurrent state too: without it a resumed run would not be bit-exact

@@ -128,3 +128,43 @@ def test_bad_checkpoints_are_one_line_errors(trained, tmp_path, corrupt):
 def test_missing_checkpoint(tmp_path):
     one_line_error(invoke("info", str(tmp_path / "nope")), r"error: .*nope")
     one_line_error(invoke("info", str(tmp_path)), r"error: no checkpoint in")
+
+
+def test_resume_takes_options_and_corpus_from_the_checkpoint(trained, tmp_path):
+    import shutil
+
+    shutil.copytree(trained / "ck", tmp_path / "ck")
+    r = invoke("train", "--resume", str(tmp_path / "ck" / "latest.npz"), "--max-steps", "15",
+               "--out", str(tmp_path / "ck"))
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(tmp_path / "ck" / "latest.npz")
+    assert ck.meta["step"] == 15
+    assert ck.meta["train_config"]["seq_len"] == 16  # not the default 100
+
+
+def test_export_is_small_and_cannot_be_resumed(trained, tmp_path):
+    out = tmp_path / "serve.npz"
+    r = invoke("export", str(trained / "ck" / "latest.npz"), str(out))
+    assert r.exit_code == 0, r.output
+    full = load_checkpoint(trained / "ck" / "latest.npz")
+    small = load_checkpoint(out)
+    np.testing.assert_array_equal(small.theta, full.theta)
+    assert small.opt_state == {} and out.stat().st_size < 0.5 * (trained / "ck" /
+                                                                 "latest.npz").stat().st_size
+    one_line_error(invoke("train", "--resume", str(out), "--out", str(tmp_path / "x")),
+                   r"error: .*no training state")
+
+
+def test_sample_and_distribution(trained):
+    r = invoke("sample", str(trained / "ck"), "--prompt", "Line", "--length", "40", "--seed",
+               "3")
+    assert r.exit_code == 0, r.output
+    again = invoke("sample", str(trained / "ck"), "--prompt", "Line", "--length", "40", "--seed",
+                   "3")
+    assert r.output == again.output and r.output.startswith("Line")
+    r = invoke("sample", str(trained / "ck"), "--prompt", "Line", "--distribution")
+    assert r.exit_code == 0 and "entropy" in r.output
+    one_line_error(invoke("sample", str(trained / "ck"), "--temperature", "-1"),
+                   r"error: temperature")
+    one_line_error(invoke("sample", str(trained / "ck"), "--top-p", "0"), r"error: top_p")
+    one_line_error(invoke("sample", str(trained / "ck"), "--prompt", "ZZZ"), r"error: .*Z")
