@@ -23,6 +23,8 @@ preload_app = False
 # workers and other models share these cores, and a spinning team that has lost a core to
 # them waits a whole scheduler slice at every step (measured: 100x slower on a busy machine)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# and the workers share the cores rather than each taking all of them
+os.environ.setdefault("NUMBA_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
 # the app loads its models before a worker accepts connections, so no request meets a
 # worker that is still warming; a cold numba compile can take half a minute, hence the timeout
 os.environ.setdefault("CHARLM_LOAD", "sync")

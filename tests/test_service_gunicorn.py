@@ -248,7 +248,8 @@ def test_gunicorn_config_follows_the_environment(monkeypatch):
 
     from charlm.serve import CONF
 
-    for name in ("CHARLM_LOAD", "OMP_WAIT_POLICY"):  # the config sets them; restored after
+    # the config sets these; monkeypatch restores them after
+    for name in ("CHARLM_LOAD", "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PORT", "5123")
     monkeypatch.setenv("WEB_CONCURRENCY", "3")
@@ -259,6 +260,7 @@ def test_gunicorn_config_follows_the_environment(monkeypatch):
     assert conf["preload_app"] is False and conf["wsgi_app"] == "service:create_app()"
     assert conf["accesslog"] == "-" and conf["timeout"] >= 60
     assert os.environ["CHARLM_LOAD"] == "sync" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert os.environ["NUMBA_NUM_THREADS"] == str(max(1, os.cpu_count() // 3))
     monkeypatch.delenv("PORT")
     monkeypatch.delenv("WEB_CONCURRENCY")
     conf = runpy.run_path(str(CONF))
