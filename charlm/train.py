@@ -65,13 +65,14 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def get_lr(it: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Learning rate at step it: linear warm-up, then decay to lr * min_lr_frac at total_steps."""
+def get_lr(it: int, progress: float, cfg: TrainConfig) -> float:
+    """Learning rate at step it: linear warm-up over warmup_steps, then a decay to
+    lr * min_lr_frac as progress (the fraction of the budget used, in [0, 1]) goes to 1."""
     if it < cfg.warmup_steps:
         return cfg.lr * (it + 1) / cfg.warmup_steps
-    if cfg.lr_decay == "constant" or total_steps <= cfg.warmup_steps:
+    if cfg.lr_decay == "constant":
         return cfg.lr
-    progress = min(1.0, (it - cfg.warmup_steps) / (total_steps - cfg.warmup_steps))
+    progress = min(1.0, max(0.0, progress))
     min_lr = cfg.lr * cfg.min_lr_frac
     if cfg.lr_decay == "linear":
         return cfg.lr - (cfg.lr - min_lr) * progress
@@ -122,7 +123,7 @@ class Event:
 
     kind: str  # start | step | eval | done
     step: int
-    total_steps: int
+    total_steps: int  # the budget in steps, or an estimate (0: not known yet)
     train_loss: float = float("nan")
     val_loss: float = float("nan")
     chars_per_s: float = 0.0
@@ -155,7 +156,7 @@ class Trainer:
             self.train_history: list[dict] = []
             self.val_history: list[dict] = []
             self.best_val_loss = float("inf")
-            self.total_steps = 0
+            self.progress = 0.0  # fraction of the budget used: drives the lr schedule
             self.loss_window = [0.0, 0]  # train loss summed since the last record, and steps
         else:
             self._restore(resume)
@@ -190,7 +191,7 @@ class Trainer:
         self.train_history = list(meta["train_history"])
         self.val_history = list(meta["val_history"])
         self.best_val_loss = float(meta.get("best_val_loss") or "inf")
-        self.total_steps = int(meta.get("total_steps", 0))
+        self.progress = float(meta.get("progress", 0.0))
         self.loss_window = list(meta.get("loss_window", [0.0, 0]))
 
     def save(self, name: str) -> Path:
@@ -204,7 +205,7 @@ class Trainer:
             "train_history": self.train_history,
             "val_history": self.val_history,
             "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
-            "total_steps": self.total_steps,
+            "progress": self.progress,
             "loss_window": self.loss_window,
             "corpus": self.corpus.name,
             "corpus_path": str(self.corpus.path.resolve()),
@@ -222,7 +223,7 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def train_step(self) -> float:
+    def train_step(self, lr: float) -> float:
         x, y = self.batcher.next_batch()
         if self.batcher.wrapped:  # a new pass over the text: streams restart, so does state
             self.state.h[:] = 0
@@ -235,8 +236,7 @@ class Trainer:
             raise CharlmError(f"the loss became {loss} at step {self.step + 1}; training stopped "
                               "(try a lower --lr); the last good checkpoint is kept")
         clip_grad_norm(self.model.grad, self.cfg.grad_clip)
-        self.opt.update(self.model.theta, self.model.grad, get_lr(self.step, self.cfg,
-                                                                   self.total_steps))
+        self.opt.update(self.model.theta, self.model.grad, lr)
         self.step += 1
         return loss
 
@@ -275,45 +275,55 @@ class Trainer:
             with open(self.out / "metrics.jsonl", "w", encoding="utf-8") as f:
                 rows = sorted(self.train_history + self.val_history, key=lambda r: r["step"])
                 f.writelines(json.dumps(row) + "\n" for row in rows)
-        if limit:
-            self.total_steps = limit
         t_start = time.perf_counter()
         deadline = t_start + minutes * 60 if minutes else math.inf
+        p0 = self.progress
+
+        def budget_used() -> float:
+            # a step budget gives a schedule that depends on the step alone (so resumes are
+            # bit-exact); a time budget follows the clock, continuing from where it stopped
+            p = self.step / limit if limit else 0.0
+            if minutes:
+                p = max(p, p0 + (1 - p0) * (time.perf_counter() - t_start) / (minutes * 60))
+            return min(p, 1.0)
+
         chars = cfg.batch_size * cfg.seq_len
-        yield Event("start", self.step, self.total_steps or 0)
+        yield Event("start", self.step, limit)
         t_log, speed = time.perf_counter(), 0.0
         while True:
             if limit and self.step >= limit:
                 break
             if time.perf_counter() >= deadline or (stop and stop.requested):
                 break
-            loss = self.train_step()
+            self.progress = budget_used()
+            lr = get_lr(self.step, self.progress, cfg)
+            loss = self.train_step(lr)
             self.loss_window = [self.loss_window[0] + loss, self.loss_window[1] + 1]
-            if minutes and not limit and self.step == 3:
-                # fix the schedule's horizon from the measured speed: a step-based schedule
-                # keeps resumed runs bit-identical to uninterrupted ones
-                per_step = (time.perf_counter() - t_start) / 3
-                self.total_steps = self.step + int((deadline - time.perf_counter()) / per_step)
             if self.step % cfg.log_every == 0:
                 now = time.perf_counter()
                 loss_sum, loss_n = self.loss_window
                 speed = loss_n * chars / max(now - t_log, 1e-9)
                 self._record(self.train_history, {
                     "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-                    "train_loss": loss_sum / loss_n, "lr": get_lr(self.step - 1, cfg,
-                                                                  self.total_steps),
-                    "chars_per_s": round(speed)})
+                    "train_loss": loss_sum / loss_n, "lr": lr, "chars_per_s": round(speed)})
                 self.loss_window, t_log = [0.0, 0], time.perf_counter()
-            yield Event("step", self.step, self.total_steps, train_loss=loss, chars_per_s=speed)
+            yield Event("step", self.step, self.expected_steps(limit), train_loss=loss,
+                        chars_per_s=speed)
             if self.step % cfg.eval_every == 0:
                 yield self._eval_and_save(loss)
                 t_log = time.perf_counter()  # evaluation time is not training speed
         yield self._eval_and_save(float("nan"), final=True)
 
+    def expected_steps(self, limit: int = 0) -> int:
+        """The step budget, or the steps a time budget will allow at the speed so far."""
+        if limit:
+            return limit
+        return round(self.step / self.progress) if self.progress > 0.02 else 0
+
     def _eval_and_save(self, train_loss: float, final: bool = False) -> Event:
         if final and self.val_history and self.val_history[-1]["step"] == self.step:
             # just evaluated and saved at this very step
-            return Event("done", self.step, self.total_steps, val_loss=self.val_history[-1][
+            return Event("done", self.step, self.step, val_loss=self.val_history[-1][
                 "val_loss"], message=str(self.out / "latest.npz"))
         val = self.evaluate()
         if math.isfinite(val):
@@ -323,6 +333,7 @@ class Trainer:
             self.best_val_loss = val
             self.save("best")
         path = self.save("latest")
-        return Event("done" if final else "eval", self.step, self.total_steps,
+        return Event("done" if final else "eval", self.step,
+                     self.step if final else self.expected_steps(),
                      train_loss=train_loss, val_loss=val, sample=self.sample(),
                      message=str(path))

@@ -134,13 +134,24 @@ def test_best_and_latest(corpus_path, tmp_path):
 
 def test_lr_schedule():
     cfg = TrainConfig(lr=1.0, min_lr_frac=0.1, warmup_steps=10, lr_decay="cosine")
-    assert get_lr(0, cfg, 110) == pytest.approx(0.1)
-    assert get_lr(9, cfg, 110) == pytest.approx(1.0)
-    assert get_lr(60, cfg, 110) == pytest.approx(0.55)
-    assert get_lr(110, cfg, 110) == pytest.approx(0.1)
+    assert get_lr(0, 0.0, cfg) == pytest.approx(0.1)
+    assert get_lr(9, 0.01, cfg) == pytest.approx(1.0)
+    assert get_lr(10, 0.0, cfg) == pytest.approx(1.0)
+    assert get_lr(60, 0.5, cfg) == pytest.approx(0.55)
+    assert get_lr(110, 1.0, cfg) == pytest.approx(0.1)
+    assert get_lr(120, 1.5, cfg) == pytest.approx(0.1)
     lin = TrainConfig(lr=1.0, min_lr_frac=0.0, lr_decay="linear")
-    assert get_lr(25, lin, 100) == pytest.approx(0.75)
-    assert get_lr(50, TrainConfig(lr=0.5, lr_decay="constant"), 100) == 0.5
+    assert get_lr(25, 0.25, lin) == pytest.approx(0.75)
+    assert get_lr(50, 0.5, TrainConfig(lr=0.5, lr_decay="constant")) == 0.5
+
+
+def test_time_budget_schedule_follows_the_clock(corpus_path, tmp_path):
+    t = Trainer(load_corpus(corpus_path), small_model(),
+                small_train(max_minutes=0.05, eval_every=10**6), tmp_path / "a")
+    run(t)
+    lrs = [r["lr"] for r in t.train_history]
+    assert t.progress > 0.9 and lrs == sorted(lrs, reverse=True)
+    assert lrs[-1] < 0.35 * t.cfg.lr
 
 
 CLI_TRAIN = [sys.executable, "-m", "charlm.cli", "train", "--n-hidden", "16", "--n-embd", "8",
