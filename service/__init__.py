@@ -46,6 +46,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     security.init_app(app)
     for module in (tgi, completions, distribution, meta):
         app.register_blueprint(module.bp)
+    app.register_blueprint(__import__("service.playground", fromlist=["bp"]).bp)  # GET / page
     if app.config["LOAD"] == "sync":
         models.load()
     else:

@@ -1,0 +1,98 @@
+"""The browser playground: GET / (the page), POST /activations and GET /history."""
+
+import numpy as np
+from flask import Blueprint, current_app, jsonify, request
+
+from service.errors import ApiError, validation
+from service.generation import check_prompt
+from service.models import Served
+from service.params import get_str, json_body
+from service.state import current
+
+bp = Blueprint("playground", __name__, static_folder="static",
+               static_url_path="/playground")
+
+# the gates that pass through a sigmoid, per cell: saturation is measured on these
+SIGMOID_GATES = {"lstm": ("i", "f", "o"), "peephole": ("i", "f", "o"),
+                 "coupled": ("i", "f", "o"), "gru": ("r", "z")}
+MAX_HISTORY_POINTS = 500  # a plot needs no more; long runs are thinned evenly
+DIGITS = 4  # values go out rounded: the page colours and ranks, it does not need float32
+
+
+@bp.get("/")
+def index():
+    """The playground page: self-contained HTML, its script and style served beside it."""
+    return bp.send_static_file("index.html")
+
+
+@bp.post("/activations")
+def activations():
+    """Each layer's tanh(c) and sigmoid gates at every character of "text", for the cell view."""
+    body = json_body()
+    served = current().models.get(get_str(body, "model", None))
+    text = get_str(body, "text")
+    if not text:
+        raise validation("`text` is empty")
+    check_prompt(served, text, "text")  # the prompt's length cap and unknown-character policy
+    drop = current_app.config["UNKNOWN_CHARS"] == "drop"
+    idx = served.packed.encode(text, drop_unknown=drop)
+    if idx.size == 0:
+        raise validation("`text` has no character in the model's vocabulary")
+    cell = served.ckpt.config.cell
+    layers = layer_activations(served, idx.reshape(1, -1).astype(np.int64))
+    values = "tanh_c" if "tanh_c" in layers[0] else "h"
+    return jsonify({"model": served.name, "cell": cell,
+                    "chars": [served.packed.itos[k] for k in idx],
+                    "values": values, "gates": list(SIGMOID_GATES.get(cell, ())),
+                    "n_layer": len(layers), "n_hidden": served.ckpt.config.n_hidden,
+                    "layers": [{k: rounded(v) for k, v in acts.items()} for acts in layers]})
+
+
+def layer_activations(served: Served, idx: np.ndarray) -> list[dict[str, np.ndarray]]:
+    """Per layer, name -> (T, H) values: tanh_c (or h without a cell state) and the gates."""
+    # a model of its own per request: forward() reuses workspaces, so it is not shared
+    model = served.ckpt.model()
+    cell, H = model.config.cell, model.config.n_hidden
+    if cell == "lstm":
+        ws = model.forward(idx, model.zero_state(1))
+        out = []
+        for layer in range(model.config.n_layer):
+            Z = ws.Z[layer][:, 0]  # (T, 4H): i, f, g, o after their nonlinearities
+            out.append({"tanh_c": np.tanh(ws.Cs[layer][1:, 0]), "i": Z[:, :H],
+                        "f": Z[:, H : 2 * H], "o": Z[:, 3 * H :]})
+        return out
+    # other cells: whatever the model exposes, if it exposes its gates at all
+    exposed = getattr(model, "activations", None)
+    if exposed is None or cell not in SIGMOID_GATES:
+        raise ApiError(400, f"activations are not supported for this cell ({cell!r})",
+                       "not_supported")
+    out = []
+    for acts in exposed(idx):
+        layer = {"tanh_c": np.tanh(acts["c"][0])} if "c" in acts else {"h": acts["h"][0]}
+        layer.update({g: acts[g][0] for g in SIGMOID_GATES[cell]})
+        out.append(layer)
+    return out
+
+
+def rounded(a: np.ndarray) -> list:
+    return np.round(a.astype(np.float64), DIGITS).tolist()
+
+
+@bp.get("/history")
+def history():
+    """The checkpoint's train and val loss history, as [step, loss] pairs for the plot."""
+    served = current().models.get(request.args.get("model") or None)
+    meta = served.ckpt.meta
+    train = [[r["step"], r["train_loss"]] for r in meta.get("train_history", [])
+             if r.get("train_loss") is not None]
+    val = [[r["step"], r["val_loss"]] for r in meta.get("val_history", [])
+           if r.get("val_loss") is not None]
+    return jsonify({"model": served.name, "train": thin(train), "val": thin(val),
+                    "best_val_loss": meta.get("best_val_loss")})
+
+
+def thin(rows: list) -> list:
+    if len(rows) <= MAX_HISTORY_POINTS:
+        return rows
+    n = len(rows) - 1
+    return [rows[round(k * n / (MAX_HISTORY_POINTS - 1))] for k in range(MAX_HISTORY_POINTS)]
