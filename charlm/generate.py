@@ -22,6 +22,7 @@ import math
 import numbers
 import secrets
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TextIO
@@ -31,10 +32,13 @@ import numpy as np
 
 from charlm import sampling as S
 from charlm.errors import CharlmError
-from charlm.model import CharLSTM
+from charlm.model import CELLS, CharLSTM
 
 # about one core's L2: weights beyond it stream from L3, which two cores read faster than one
 PART_BYTES = 1 << 20
+# a batch with threads > 1 times its steps, and every PROBE_EVERY steps (or up to 16 times
+# as many while the probes keep losing) tries the other kernel
+PROBE_EVERY = 64
 
 
 @dataclass(frozen=True)
@@ -162,15 +166,19 @@ class PackedModel:
 
     threads: parts each layer is split into, run one per thread; None gives one part per
     PART_BYTES of weights (what outgrows a core's L2), at most one per numba thread: 1 for
-    2x128, 2 for 2x512 on two cores. Results do not depend on it. Threads want idle cores:
-    a server either runs all its streams in one Batch driven by one Python thread (which then
-    gets every core from threads), or drives streams from several Python threads with
-    threads=1 (the kernels release the GIL).
+    2x128, 2 for 2x512 on two cores. Results do not depend on it, nor on whether the parts
+    run on one thread or several, so each Batch picks, as it goes, whichever of the threaded
+    and the serial kernel has been faster lately: on a busy machine a fork-join step waits for
+    a descheduled thread and can be many times slower than one core alone. A server either
+    runs all its streams in one Batch driven by one Python thread (which then gets every core
+    from threads), or drives streams from several Python threads with threads=1 (the kernels
+    release the GIL).
     """
 
     def __init__(self, model: CharLSTM, itos: Sequence[str], threads: int | None = None) -> None:
         cfg = model.config
         L, H, V = cfg.n_layer, cfg.n_hidden, cfg.vocab_size
+        G = CELLS[cfg.cell].blocks  # gate blocks: 4 for an LSTM
         if len(itos) != V:
             raise CharlmError(f"itos has {len(itos)} characters but the model's vocabulary {V}")
         if any(len(ch) != 1 for ch in itos):
@@ -180,26 +188,34 @@ class PackedModel:
         self.config = cfg
         if threads is None:
             # what one step reads: U, W, the head, and a row of E W0 + b0
-            nbytes = 4 * ((2 * L - 1) * H * 4 * H + (H + 1) * V + 4 * H)
+            nbytes = 4 * ((2 * L - 1) * H * G * H + (H + 1) * V + G * H)
             threads = default_threads(nbytes)
         if not isinstance(threads, numbers.Integral) or threads < 1:
             raise CharlmError(f"threads must be an integer >= 1, got {threads!r}")
         self.threads = int(threads)
         self.bounds = S.unit_bounds(H, self.threads)
         p = {name: w.astype(np.float32) for name, w in model.params.items()}
-        perm = S.block_columns(H)
+        perm = S.block_columns(H, G)
         # x_t = E[idx], so layer 0's input part x_t W0 + b0 is a row of E W0 + b0
         self.EW = np.ascontiguousarray((p["E"] @ p["W0"] + p["b0"])[:, perm])
-        self.U = np.stack([S.pack_slabs(p[f"U{l}"][:, perm], self.bounds) for l in range(L)])
+        self.U = np.stack([S.pack_slabs(p[f"U{l}"][:, perm], self.bounds, G) for l in range(L)])
         # layers above the first: input weights and biases (none for a single layer)
         self.W = np.zeros((L - 1, *self.U.shape[1:]), np.float32)
-        self.b = np.zeros((L - 1, 4 * H), np.float32)
+        self.b = np.zeros((L - 1, G * H), np.float32)
         for l in range(1, L):
-            self.W[l - 1] = S.pack_slabs(p[f"W{l}"][:, perm], self.bounds)
+            self.W[l - 1] = S.pack_slabs(p[f"W{l}"][:, perm], self.bounds, G)
             self.b[l - 1] = p[f"b{l}"][perm]
+        # the cell's parameters per unit: peepholes, or the GRU's b_hn (none for the others)
+        self.P = np.zeros((L, 3, H if cfg.cell in ("peephole", "gru") else 0), np.float32)
+        for l in range(L):
+            if cfg.cell == "peephole":
+                self.P[l] = p[f"P{l}"]
+            if cfg.cell == "gru":
+                self.P[l, 0] = p[f"bh{l}"]
         self.Wy = np.ascontiguousarray(p["Wy"])
         self.by = np.ascontiguousarray(p["by"])
-        self.weights = (self.EW, self.U, self.W, self.b)
+        self.kind = S.KINDS[cfg.cell]
+        self.weights = (self.kind, self.EW, self.U, self.W, self.b, self.P)
         self.head = (self.Wy, self.by)
         self._step = S.step_threads if self.threads > 1 else S.step
         self._prime = S.prime_threads if self.threads > 1 else S.prime
@@ -300,14 +316,22 @@ class Batch:
         self._next_id = 0
         self._finished: list[Event] = []  # streams that finished before their first step
         self._args: tuple | None = None
+        # seconds per step of the serial and the threaded kernel (moving averages; 0: unknown)
+        self._seconds = [0.0, 0.0]
+        self._threaded = packed.threads > 1
+        self._since_probe = 0
+        self._probe_every = PROBE_EVERY
         self._grow(max(1, capacity))
 
     def _grow(self, capacity: int) -> None:
         """(Re)allocate every per-slot array for capacity streams, keeping the streams' state."""
-        L, H, V = self.packed.config.n_layer, self.packed.config.n_hidden, self.packed.vocab_size
+        cfg = self.packed.config
+        L, H, V = cfg.n_layer, cfg.n_hidden, self.packed.vocab_size
+        GH = CELLS[cfg.cell].blocks * H
+        Hc = H if CELLS[cfg.cell].has_c else 0  # gru and rnn have no cell state
         f32 = np.float32
         # per-stream state, which moves with its stream when slots are reordered
-        state = {"x": ((), np.int64), "h": ((L, H), f32), "c": ((L, H), f32),
+        state = {"x": ((), np.int64), "h": ((L, H), f32), "c": ((L, Hc), f32),
                  "temperature": ((), np.float64), "top_k": ((), np.int64),
                  "top_p": ((), np.float64), "key": ((), np.uint64), "counter": ((), np.uint64)}
         for name, (shape, dtype) in state.items():
@@ -318,7 +342,7 @@ class Batch:
         self._state_names = tuple(state)
         # per-step outputs and workspaces
         self.h_new = np.zeros((capacity, L, H), f32)
-        self.z = np.zeros((capacity, 4 * H), f32)
+        self.z = np.zeros((capacity, 2 * GH if cfg.cell == "gru" else GH), f32)  # gru: x, h
         self.logits = np.zeros((capacity, V), f32)
         self.p = np.zeros((capacity, V), np.float64)
         self.order = np.zeros((capacity, V), np.int64)
@@ -343,6 +367,7 @@ class Batch:
                           self.h_new[:n], self.z[:n], self.temperature[:n], self.top_k[:n],
                           self.top_p[:n], self.key[:n], self.counter[:n], self.logits[:n],
                           self.p[:n], self.order[:n], self.logp[:n])
+            self._drawn = (self.x[:n], self.logp[:n])
         return self._args
 
     @property
@@ -374,8 +399,9 @@ class Batch:
         one = slice(slot, slot + 1)
         self.h[one] = 0
         self.c[one] = 0
-        self.packed._prime(*self.packed.weights, self.packed.bounds, idx, self.x[one],
-                           self.h[one], self.c[one], self.h_new[one], self.z[one])
+        prime = S.prime_threads if self._threaded else S.prime
+        prime(*self.packed.weights, self.packed.bounds, idx, self.x[one], self.h[one],
+              self.c[one], self.h_new[one], self.z[one])
         if settings is not None:
             self.start(s.id, settings)
         return s.id
@@ -427,10 +453,10 @@ class Batch:
         if self._n_running == 0:
             return events
         args = self._kernel_args()
-        self.packed._step(*args)
+        self._run_step(args)
         itos, at, done = self.packed.itos, self._at, []
-        # args[7] and args[-1]: the running slots' drawn characters and their log-probabilities
-        for slot, (v, lp) in enumerate(zip(args[7].tolist(), args[-1].tolist(), strict=True)):
+        x, logp = self._drawn  # the running slots' characters and their log-probabilities
+        for slot, (v, lp) in enumerate(zip(x.tolist(), logp.tolist(), strict=True)):
             s = at[slot]
             top_n = s.settings.top_n
             tokens, reason = s.push(Token(itos[v], lp, self._top(slot, top_n) if top_n else ()))
@@ -441,6 +467,30 @@ class Batch:
         for s in done:
             self._finish(s)
         return events
+
+    def _run_step(self, args: tuple) -> None:
+        """The step kernel: serial, or threaded when that has been the faster lately."""
+        if self.packed.threads == 1:
+            S.step(*args)
+            return
+        threaded = self._threaded
+        self._since_probe += 1
+        probe = self._since_probe >= self._probe_every or not self._seconds[not threaded]
+        if probe:
+            threaded, self._since_probe = not threaded, 0  # measure the other one
+        t0 = time.perf_counter()
+        (S.step_threads if threaded else S.step)(*args)
+        dt = time.perf_counter() - t0
+        # a fast step shows what the kernel can do at once; slow ones count in gradually
+        avg = self._seconds[threaded]
+        self._seconds[threaded] = min(dt, 0.75 * avg + 0.25 * dt) if avg else dt
+        was, self._threaded = self._threaded, self._seconds[True] <= self._seconds[False]
+        if probe:
+            # a probe that loses is tried again later and later: on a busy machine a threaded
+            # probe can cost a hundred serial steps
+            lost = self._threaded == was
+            self._probe_every = min(16 * PROBE_EVERY, 2 * self._probe_every) if lost else \
+                PROBE_EVERY
 
     def _top(self, slot: int, n: int) -> tuple[tuple[str, float], ...]:
         lp = log_softmax(self.logits[slot])
