@@ -16,7 +16,8 @@ bp = Blueprint("playground", __name__, static_folder="static",
 SIGMOID_GATES = {"lstm": ("i", "f", "o"), "peephole": ("i", "f", "o"),
                  "coupled": ("i", "f", "o"), "gru": ("r", "z")}
 MAX_HISTORY_POINTS = 500  # a plot needs no more; long runs are thinned evenly
-DIGITS = 4  # values go out rounded: the page colours and ranks, it does not need float32
+DIGITS = 3  # values go out rounded: the page colours and ranks, it does not need float32
+MAX_VALUES = 1_000_000  # per answer: chars x layers x hidden x 4 kinds, a few MB of JSON
 
 
 @bp.get("/")
@@ -34,6 +35,10 @@ def activations():
     if not text:
         raise validation("`text` is empty")
     check_prompt(served, text, "text")  # the prompt's length cap and unknown-character policy
+    limit = max_chars(served)
+    if len(text) > limit:
+        raise validation(f"`text` has {len(text)} characters; the limit for model "
+                         f"{served.name!r} is {limit}")
     drop = current_app.config["UNKNOWN_CHARS"] == "drop"
     idx = served.packed.encode(text, drop_unknown=drop)
     if idx.size == 0:
@@ -46,6 +51,14 @@ def activations():
                     "values": values, "gates": list(SIGMOID_GATES.get(cell, ())),
                     "n_layer": len(layers), "n_hidden": served.ckpt.config.n_hidden,
                     "layers": [{k: rounded(v) for k, v in acts.items()} for acts in layers]})
+
+
+def max_chars(served: Served) -> int:
+    """The longest text /activations takes for this model: the prompt cap, or less for a
+    model so wide that its answer would be too large."""
+    cfg = served.ckpt.config
+    per_char = cfg.n_layer * cfg.n_hidden * 4
+    return min(current_app.config["MAX_PROMPT_CHARS"], MAX_VALUES // per_char)
 
 
 def layer_activations(served: Served, idx: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -88,7 +101,8 @@ def history():
     val = [[r["step"], r["val_loss"]] for r in meta.get("val_history", [])
            if r.get("val_loss") is not None]
     return jsonify({"model": served.name, "train": thin(train), "val": thin(val),
-                    "best_val_loss": meta.get("best_val_loss")})
+                    "best_val_loss": meta.get("best_val_loss"),
+                    "max_activation_chars": max_chars(served)})
 
 
 def thin(rows: list) -> list:

@@ -1,0 +1,84 @@
+"""The playground in a real headless Chromium: it streams text, charts and colours it.
+
+No skip: CI installs chromium (.ci/run), and a browser that cannot start is a failure.
+"""
+
+import re
+import threading
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+from werkzeug.serving import make_server
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture()
+def base_url(app):
+    """The session's app on a loopback port, in a thread, for as long as the test runs."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join(timeout=5)
+    server.server_close()
+
+
+def test_playground_in_chromium(base_url, tmp_path):
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1400})
+            page.set_default_timeout(10_000)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(base_url + "/")
+            expect(page.locator("#model option")).to_have_count(2)
+            expect(page.locator("#curve svg polyline")).to_have_count(1)  # the val history
+
+            page.fill("#prompt", "The king said: ")
+            page.fill("#length", "400")
+            page.fill("#seed", "7")
+            page.click("#generate")
+            # the stream arrives character by character into the output
+            page.wait_for_function(
+                "document.querySelectorAll('#output span:not(.prompt)').length > 40")
+            # Stop aborts the stream; a script click does nothing if it has already ended
+            page.eval_on_selector("#stop", "b => b.click()")
+            expect(page.locator("#status")).to_have_text(
+                re.compile(r"^(done:|stopped after) \d+ characters$"))
+            expect(page.locator("#generate")).to_be_enabled()
+
+            # the distribution after the end of the text, then after a character pointed at
+            expect(page.locator("#next-chart .row")).to_have_count(10)
+            page.hover("#output span[data-i='20']")
+            expect(page.locator("#next-context")).to_contain_text("After character 20")
+            expect(page.locator("#next-chart .row")).to_have_count(10)
+            page.focus("#output")
+            page.keyboard.press("Home")
+            expect(page.locator("#next-context")).to_contain_text("After character 0")
+
+            # the cell view: every character coloured, cells ranked, gates' saturation drawn
+            n_chars = page.locator("#output span").count()
+            expect(page.locator("#cell-text span")).to_have_count(min(n_chars, 200))
+            expect(page.locator("#saturation figure")).to_have_count(2 * 3)  # layers x i, f, o
+            assert page.locator("#ranking button").count() >= 5
+            page.select_option("#layer", "1")
+            page.fill("#cell", "3")
+            expect(page.locator("#cell-text")).to_have_attribute(
+                "aria-label", "The text coloured by layer 2, cell 3")
+            colour = page.locator("#cell-text span").first.evaluate(
+                "s => getComputedStyle(s).backgroundColor")
+            assert colour.startswith("rgba(") or colour.startswith("rgb(")
+
+            shot = tmp_path / "playground.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"screenshot: {shot}")
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+    assert not errors, errors
