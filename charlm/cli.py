@@ -55,13 +55,13 @@ def train(
     n_embd: Annotated[int, typer.Option(min=1, help="Size of the character embedding.")] = 64,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.95,
                                            help="Dropout between layers and before the head.")
-                       ] = 0.2,
+                       ] = 0.1,
     seq_len: Annotated[int, typer.Option(min=1, help="Characters per window (BPTT length).")
                        ] = 100,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams through the text.")
                           ] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate (> 0).")
-                  ] = 2e-3,
+                  ] = 4e-3,
     optimizer: Annotated[str, typer.Option(help="adam or rmsprop.")] = "adam",
     lr_decay: Annotated[str, typer.Option(help="Schedule: cosine, linear or constant.")
                         ] = "cosine",

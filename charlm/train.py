@@ -26,7 +26,7 @@ DEFAULT_MINUTES = 10.0  # the budget when no --max-* is given
 class TrainConfig:
     seq_len: int = 100  # characters per window: backprop runs this far back in time
     batch_size: int = 32  # parallel streams through the text
-    lr: float = 2e-3  # peak learning rate
+    lr: float = 4e-3  # peak learning rate
     optimizer: str = "adam"  # adam | rmsprop
     lr_decay: str = "cosine"  # cosine | linear | constant, from lr down to lr * min_lr_frac
     min_lr_frac: float = 0.1
