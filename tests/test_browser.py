@@ -79,6 +79,11 @@ def test_playground_in_chromium(base_url, tmp_path):
             page.screenshot(path=str(shot), full_page=True)
             print(f"screenshot: {shot}")
             assert shot.stat().st_size > 10_000
+
+            # phone width: one column, nothing wider than the screen
+            page.set_viewport_size({"width": 390, "height": 800})
+            assert page.evaluate("document.documentElement.scrollWidth") <= 390
+            page.screenshot(path=str(tmp_path / "playground-phone.png"), full_page=True)
         finally:
             browser.close()
     assert not errors, errors

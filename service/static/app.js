@@ -426,7 +426,8 @@ async function drawCurve() {
   for (let k = 0; k <= 4; k++) {
     const v = y0 + ((y1 - y0) * k) / 4, s = x0 + ((x1 - x0) * k) / 4;
     svg("text", { x: L - 4, y: Y(v) + 4, "text-anchor": "end" }, plot).textContent = v.toFixed(2);
-    svg("text", { x: X(s), y: H - 10, "text-anchor": "middle" }, plot).textContent = String(Math.round(s));
+    const label = x1 - x0 >= 8 ? String(Math.round(s)) : s.toFixed(1);
+    svg("text", { x: X(s), y: H - 10, "text-anchor": "middle" }, plot).textContent = label;
   }
   const series = [["train", h.train, "#2d5fd3"], ["val", h.val, "#c7512c"]];
   series.forEach(([name, pts, colour], k) => {
