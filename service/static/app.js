@@ -110,10 +110,15 @@ async function generate(event) {
     }
     const reader = resp.body.getReader();
     const decoder = new TextDecoder();
-    let buffer = "";
+    let buffer = "", lastYield = performance.now();
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
+      if (performance.now() - lastYield > 30) {
+        // a fast stream resolves reads as microtasks: yield so the page paints and Stop works
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        lastYield = performance.now();
+      }
       buffer += decoder.decode(value, { stream: true });
       const events = buffer.split("\n\n");
       buffer = events.pop();  // the last piece may be half an event
@@ -412,7 +417,7 @@ async function drawCurve() {
     box.textContent = "This checkpoint has no loss history.";
     return;
   }
-  const W = 560, H = 260, L = 44, B = 28, R = 10, top = 10;
+  const W = 560, H = 260, L = 44, B = 28, R = 20, top = 10;
   const steps = rows.map((r) => r[0]), losses = rows.map((r) => r[1]);
   let x0 = Math.min(...steps), x1 = Math.max(...steps);
   let y0 = Math.min(...losses), y1 = Math.max(...losses);
