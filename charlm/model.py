@@ -1,6 +1,7 @@
 """The character-level LSTM language model: parameters, forward pass and backward pass.
 
-embedding E -> n_layer LSTM layers (dropout between them) -> dropout -> linear head -> softmax.
+embedding E -> n_layer recurrent layers (dropout between them) -> dropout -> linear head ->
+softmax. The recurrent cell is an LSTM by default, or one of its variants (see CELLS).
 All parameters live in one flat vector `theta` (and their gradients in `grad`), with one
 named view per tensor, so the optimizer and clipping are single passes over memory.
 """
@@ -9,9 +10,27 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from charlm import cells as C
 from charlm import kernels as K
 
-CELLS = ("lstm",)
+
+@dataclass(frozen=True)
+class Cell:
+    """What the model needs to know about a recurrent cell."""
+
+    blocks: int  # gate blocks side by side in W, U and b
+    gates: tuple[str, ...]  # the gates the forward pass leaves in Z, block by block
+    has_c: bool  # keeps a cell state c besides h
+    forget: int | None = None  # the block whose bias starts at 1 (remember by default)
+
+
+CELLS = {
+    "lstm": Cell(4, ("i", "f", "g", "o"), True, forget=1),
+    "gru": Cell(3, ("r", "z", "n"), False),  # torch.nn.GRU's formulation
+    "rnn": Cell(1, (), False),  # h = tanh(x W + h U + b), as char-rnn's rnn
+    "peephole": Cell(4, ("i", "f", "g", "o"), True, forget=1),  # + P: (3, H) p_i, p_f, p_o
+    "coupled": Cell(3, ("f", "g", "o"), True, forget=0),  # i = 1 - f
+}
 
 
 @dataclass
@@ -20,9 +39,9 @@ class ModelConfig:
     n_embd: int = 64  # size of the character embedding
     n_hidden: int = 512  # units per LSTM layer
     n_layer: int = 2  # stacked LSTM layers
-    dropout: float = 0.2  # between layers and before the head, training only
+    dropout: float = 0.1  # between layers and before the head, training only
     dtype: str = "float32"  # float64 for gradient checks
-    cell: str = "lstm"  # the recurrent cell
+    cell: str = "lstm"  # the recurrent cell: lstm | gru | rnn | peephole | coupled
 
     def validate(self) -> None:
         for name in ("vocab_size", "n_embd", "n_hidden", "n_layer"):
@@ -41,13 +60,17 @@ class ModelConfig:
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of every parameter tensor, in the order they sit in theta."""
-    V, H = cfg.vocab_size, cfg.n_hidden
+    V, H, G = cfg.vocab_size, cfg.n_hidden, CELLS[cfg.cell].blocks
     shapes: dict[str, tuple[int, ...]] = {"E": (V, cfg.n_embd)}
     n_in = cfg.n_embd
     for layer in range(cfg.n_layer):
-        shapes[f"W{layer}"] = (n_in, 4 * H)  # input weights, gate blocks i, f, g, o
-        shapes[f"U{layer}"] = (H, 4 * H)  # recurrent weights
-        shapes[f"b{layer}"] = (4 * H,)
+        shapes[f"W{layer}"] = (n_in, G * H)  # input weights, gate blocks side by side
+        shapes[f"U{layer}"] = (H, G * H)  # recurrent weights
+        shapes[f"b{layer}"] = (G * H,)
+        if cfg.cell == "peephole":
+            shapes[f"P{layer}"] = (3, H)  # peepholes p_i, p_f, p_o: diagonal, one per unit
+        if cfg.cell == "gru":
+            shapes[f"bh{layer}"] = (H,)  # b_hn, inside r * (h U_n + b_hn)
         n_in = H
     shapes["Wy"] = (H, V)  # head
     shapes["by"] = (V,)
@@ -66,7 +89,10 @@ def split_views(flat: np.ndarray, shapes: dict[str, tuple[int, ...]]) -> dict[st
 
 @dataclass
 class State:
-    """The recurrent state carried between windows: h and c of every layer, (n_layer, B, H)."""
+    """The recurrent state carried between windows: h and c of every layer, (n_layer, B, H).
+
+    Cells without a cell state (gru, rnn) have c of shape (n_layer, B, 0).
+    """
 
     h: np.ndarray
     c: np.ndarray
@@ -77,22 +103,28 @@ class Workspace:
 
     def __init__(self, cfg: ModelConfig, T: int, B: int) -> None:
         L, H, V, dt = cfg.n_layer, cfg.n_hidden, cfg.vocab_size, np.dtype(cfg.dtype)
+        cell = CELLS[cfg.cell]
+        GH = cell.blocks * H  # width of the gate blocks side by side
+        Hc = H if cell.has_c else 0  # units of the cell state
+        Hq = H if cfg.cell == "gru" else 0
         self.T, self.B = T, B
         self.idx = np.empty((T, B), np.int64)  # inputs, time-major
         self.targets = np.empty((T, B), np.int64)
-        self.EW = np.empty((V, 4 * H), dt)  # E W0 + b0: the first layer's input part per char
-        self.dEW = np.empty((V, 4 * H), dt)
-        self.Z = [np.empty((T, B, 4 * H), dt) for _ in range(L)]  # gates per layer
+        self.EW = np.empty((V, GH), dt)  # E W0 + b0: the first layer's input part per char
+        self.dEW = np.empty((V, GH), dt)
+        self.Z = [np.empty((T, B, GH), dt) for _ in range(L)]  # gates per layer
         self.Hs = [np.empty((T + 1, B, H), dt) for _ in range(L)]  # h_0 .. h_T per layer
-        self.Cs = [np.empty((T + 1, B, H), dt) for _ in range(L)]
+        self.Cs = [np.empty((T + 1, B, Hc), dt) for _ in range(L)]
+        self.Q = [np.empty((T, B, Hq), dt) for _ in range(L)]  # gru: h U_n + b_hn per step
         self.masks = [np.empty((T, B, H), dt) for _ in range(L)]  # dropout on each layer's h
         self.dropped = [np.empty((T, B, H), dt) for _ in range(L)]  # h * mask
         self.logits = np.empty((T * B, V), dt)
-        self.R = np.empty((B, 4 * H), dt)
-        self.UT = np.empty((4 * H, H), dt)
+        self.R = np.empty((B, GH), dt)
+        self.UT = np.empty((GH, H), dt)
         self.dh = np.empty((B, H), dt)
-        self.dc = np.empty((B, H), dt)
-        self.dZ = np.empty((T, B, 4 * H), dt)
+        self.dc = np.empty((B, H), dt)  # dc carried back in time (gru: dh_t z_t)
+        self.dZ = np.empty((T, B, GH), dt)
+        self.dN = np.empty((T, B, Hq), dt)  # gru: the input side's gradient of n
         self.dH = np.empty((T, B, H), dt)
         self.outputs: list[np.ndarray] = []  # each layer's output as the next layer sees it
 
@@ -121,24 +153,29 @@ class CharLSTM:
         return self.theta.size
 
     def init_params(self, rng: np.random.Generator) -> None:
-        """Uniform(+-1/sqrt(H)) weights as torch's nn.LSTM, N(0, 1) embedding, forget bias 1."""
+        """Uniform(+-1/sqrt(H)) weights as torch's nn.LSTM, N(0, 1) embedding, zero biases
+        but the forget gate's, which is 1 (lstm, peephole, coupled)."""
         H = self.config.n_hidden
         k = 1.0 / np.sqrt(H)
         for name, p in self.params.items():
             if name == "E":
                 p[:] = rng.standard_normal(p.shape)
-            elif name == "by":
+            elif name == "by" or name.startswith("bh"):
                 p[:] = 0
             else:
                 p[:] = rng.uniform(-k, k, p.shape)
+        forget = CELLS[self.config.cell].forget
         for layer in range(self.config.n_layer):
             b = self.params[f"b{layer}"]
             b[:] = 0
-            b[H : 2 * H] = 1.0  # remember by default until the gradient says otherwise
+            if forget is not None:
+                # remember by default until the gradient says otherwise
+                b[forget * H : (forget + 1) * H] = 1.0
 
     def zero_state(self, B: int) -> State:
-        shape = (self.config.n_layer, B, self.config.n_hidden)
-        return State(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype))
+        L, H = self.config.n_layer, self.config.n_hidden
+        Hc = H if CELLS[self.config.cell].has_c else 0
+        return State(np.zeros((L, B, H), self.dtype), np.zeros((L, B, Hc), self.dtype))
 
     def workspace(self, T: int, B: int) -> Workspace:
         ws = self._workspaces.get((T, B))
@@ -167,7 +204,7 @@ class CharLSTM:
         p = self.params
         ws = self.workspace(T, B)
         ws.idx[:] = idx.T
-        N, H4 = T * B, 4 * self.config.n_hidden
+        N, H4 = T * B, ws.R.shape[1]  # 4H for an LSTM, blocks x H in general
         # x_t = E[idx_t], so x_t W0 + b0 is a row of the (V, 4H) table E W0 + b0
         K.linear_forward(p["E"], p["W0"], p["b0"], ws.EW)
         K.gather_rows(ws.EW, ws.idx.reshape(N), ws.Z[0].reshape(N, H4))
@@ -178,7 +215,7 @@ class CharLSTM:
                 x = ws.outputs[-1].reshape(N, -1)
                 K.linear_forward(x, p[f"W{layer}"], p[f"b{layer}"], Z.reshape(N, H4))
             Hs[0], Cs[0] = state.h[layer], state.c[layer]
-            K.lstm_forward(Z, p[f"U{layer}"], Hs, Cs, ws.R)
+            self._cell_forward(layer, ws)
             state.h[layer], state.c[layer] = Hs[T], Cs[T]
             out = Hs[1:]
             if masks is not None:
@@ -206,9 +243,8 @@ class CharLSTM:
         for layer in range(self.config.n_layer - 1, -1, -1):
             if masks is not None:
                 ws.dH *= masks[layer]
-            K.lstm_backward(ws.Z[layer], p[f"U{layer}"], ws.Hs[layer], ws.Cs[layer], ws.dH,
-                            ws.dZ, ws.dh, ws.dc, d[f"U{layer}"], ws.UT)
-            dZ = ws.dZ.reshape(N, 4 * H)
+            self._cell_backward(layer, ws)
+            dZ = ws.dZ.reshape(N, -1)
             if layer > 0:
                 K.linear_backward(ws.outputs[layer - 1].reshape(N, H), p[f"W{layer}"], dZ,
                                   ws.dH.reshape(N, H), d[f"W{layer}"], d[f"b{layer}"])
@@ -216,6 +252,62 @@ class CharLSTM:
                 K.scatter_add_rows(dZ, ws.idx.reshape(N), ws.dEW)
                 K.linear_backward(p["E"], p["W0"], ws.dEW, d["E"], d["W0"], d["b0"])
         return float(loss)
+
+    def _cell_forward(self, layer: int, ws: Workspace) -> None:
+        """Run layer's cell over the window: the input part in ws.Z, h_0 (c_0) in ws.Hs (Cs)."""
+        cell, p = self.config.cell, self.params
+        Z, U, Hs, Cs = ws.Z[layer], p[f"U{layer}"], ws.Hs[layer], ws.Cs[layer]
+        if cell == "lstm":
+            K.lstm_forward(Z, U, Hs, Cs, ws.R)
+        elif cell == "gru":
+            C.gru_forward(Z, U, p[f"bh{layer}"], Hs, ws.Q[layer], ws.R)
+        elif cell == "rnn":
+            C.rnn_forward(Z, U, Hs, ws.R)
+        elif cell == "peephole":
+            C.peephole_forward(Z, U, p[f"P{layer}"], Hs, Cs, ws.R)
+        else:
+            C.coupled_forward(Z, U, Hs, Cs, ws.R)
+
+    def _cell_backward(self, layer: int, ws: Workspace) -> None:
+        """dL/dU (and P, bh) of layer's cell, and dL/d(x W + b) in ws.dZ, from dL/dh in ws.dH."""
+        cell, p, d = self.config.cell, self.params, self.grads
+        G, U, dU, Hs, Cs = ws.Z[layer], p[f"U{layer}"], d[f"U{layer}"], ws.Hs[layer], ws.Cs[layer]
+        if cell == "lstm":
+            K.lstm_backward(G, U, Hs, Cs, ws.dH, ws.dZ, ws.dh, ws.dc, dU, ws.UT)
+        elif cell == "gru":
+            C.gru_backward(G, U, ws.Q[layer], Hs, ws.dH, ws.dZ, ws.dN, ws.dh, ws.dc, dU,
+                           d[f"bh{layer}"], ws.UT)
+        elif cell == "rnn":
+            C.rnn_backward(U, Hs, ws.dH, ws.dZ, ws.dh, dU, ws.UT)
+        elif cell == "peephole":
+            C.peephole_backward(G, U, p[f"P{layer}"], Hs, Cs, ws.dH, ws.dZ, ws.dh, ws.dc, dU,
+                                d[f"P{layer}"], ws.UT)
+        else:
+            C.coupled_backward(G, U, Hs, Cs, ws.dH, ws.dZ, ws.dh, ws.dc, dU, ws.UT)
+
+    def activations(self, idx: np.ndarray, state: State | None = None) -> list[dict]:
+        """What every layer computed at every step of idx (B, T), from state (default zero).
+
+        One dict per layer: the cell's gates after their nonlinearities (lstm and peephole
+        i, f, g, o; coupled f, g, o and i = 1 - f; gru r, z, n; rnn none), the cell state c
+        (cells that have one) and h, each (B, T, H), batch-major copies. state is advanced.
+        """
+        B, T = idx.shape
+        state = self.zero_state(B) if state is None else state
+        ws = self.forward(idx, state)
+        cell, H = CELLS[self.config.cell], self.config.n_hidden
+        layers = []
+        for layer in range(self.config.n_layer):
+            Z = ws.Z[layer]
+            acts = {g: Z[:, :, k * H : (k + 1) * H].transpose(1, 0, 2).copy()
+                    for k, g in enumerate(cell.gates)}
+            if self.config.cell == "coupled":
+                acts["i"] = 1 - acts["f"]
+            if cell.has_c:
+                acts["c"] = ws.Cs[layer][1:].transpose(1, 0, 2).copy()
+            acts["h"] = ws.Hs[layer][1:].transpose(1, 0, 2).copy()
+            layers.append(acts)
+        return layers
 
     def loss(self, idx: np.ndarray, targets: np.ndarray, state: State) -> float:
         """Total cross-entropy in nats of targets (B, T) given idx (B, T), without dropout."""

@@ -1,17 +1,21 @@
-"""Numba kernels for generation: one LSTM step of a batch of streams, the head, and the draw.
+"""Numba kernels for generation: one step of a batch of streams, the head, and the draw.
 
 Written for latency at batch size 1, where a step is bound by reading the weights once:
 
 - the weights are packed once (see generate.PackedModel): layer 0's input part is the table
-  E W0 + b0 (one row per character), and each layer's 4H columns are regrouped into blocks of
-  BLOCK units holding [i | f | g | o] of those units, so a run of columns is a set of whole
-  units that a thread can finish (matrix-vector product and cell) without the others;
+  E W0 + b0 (one row per character), and each layer's G*H columns (G gate blocks: 4 for an
+  LSTM) are regrouped into blocks of BLOCK units holding [i | f | g | o] of those units, so a
+  run of columns is a set of whole units that a thread can finish (matrix-vector product and
+  cell) without the others;
 - the units are split into parts, one per thread, and each part's columns of W and U are
   stored as a slab of their own (pack_slabs): a thread reads one contiguous stretch of memory
   (reading half of every row instead was 30-40 % slower, the prefetchers lose the stream);
 - the matrix-vector products are loops over rows of a slab (sequential reads), four rows per
   pass over z, each row read once for every stream in the batch;
 - the `_threads` kernels run the parts of each layer concurrently (prange).
+
+Every cell of model.CELLS runs through the same kernels: `kind` picks the cell function per
+part, outside the loops over units (the GRU has its own advance_gru).
 
 Every output element is computed by the same sequence of operations whatever the batch size,
 the stream's slot or the number of parts (sums over rows run in row order; no reassociation),
@@ -22,9 +26,12 @@ counter-based: the k-th draw of a stream is a hash of (its key, k).
 import numba as nb
 import numpy as np
 
-from charlm.kernels import sigmoid, tanh
+from charlm.kernels import ONE, sigmoid, tanh
 
 BLOCK = 16  # units per gate block of the packed columns: two float32 vectors of each gate
+# the cells, as the step kernels know them (kind is a run-time argument: one compiled kernel)
+LSTM, GRU, RNN, PEEPHOLE, COUPLED = range(5)
+KINDS = {"lstm": LSTM, "gru": GRU, "rnn": RNN, "peephole": PEEPHOLE, "coupled": COUPLED}
 
 # matrix-vector products and cell: fma contraction only, so every sum keeps its row order
 # (fastmath=True would allow reassociation, which can differ between inlined copies).
@@ -44,17 +51,18 @@ TWO_M53 = 2.0**-53
 # the packed layout (used by generate.PackedModel) and random numbers
 
 
-def block_columns(H: int) -> np.ndarray:
-    """Permutation of the 4H gate columns into the packed layout: new[:, n] = old[:, perm[n]].
+def block_columns(H: int, G: int = 4) -> np.ndarray:
+    """Permutation of the G*H gate columns into the packed layout: new[:, n] = old[:, perm[n]].
 
     Units are grouped in blocks of BLOCK (the last one may be shorter); the block of units
-    u0 .. u0+s-1 occupies columns 4 u0 .. 4 (u0+s) - 1 as [i (s) | f (s) | g (s) | o (s)].
+    u0 .. u0+s-1 occupies columns G u0 .. G (u0+s) - 1 as [i (s) | f (s) | g (s) | o (s)] for
+    an LSTM (G = 4), and likewise with any G gate blocks.
     """
-    perm = np.empty(4 * H, np.int64)
+    perm = np.empty(G * H, np.int64)
     for u0 in range(0, H, BLOCK):
         s = min(BLOCK, H - u0)
-        for q in range(4):  # gate blocks i, f, g, o
-            perm[4 * u0 + q * s : 4 * u0 + (q + 1) * s] = q * H + u0 + np.arange(s)
+        for q in range(G):  # gate blocks, e.g. i, f, g, o
+            perm[G * u0 + q * s : G * u0 + (q + 1) * s] = q * H + u0 + np.arange(s)
     return perm
 
 
@@ -65,15 +73,15 @@ def unit_bounds(H: int, parts: int) -> np.ndarray:
     return np.array(cuts, np.int64)
 
 
-def pack_slabs(M: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """(K, 4H) packed columns -> (P, K, C) slabs: part p's columns 4 u0 .. 4 u1 in slab p.
+def pack_slabs(M: np.ndarray, bounds: np.ndarray, G: int = 4) -> np.ndarray:
+    """(K, G*H) packed columns -> (P, K, C) slabs: part p's columns G u0 .. G u1 in slab p.
 
     C is the widest part's width; narrower parts are padded with zeros that are never read.
     """
-    widths = 4 * np.diff(bounds)
+    widths = G * np.diff(bounds)
     slabs = np.zeros((len(widths), M.shape[0], max(widths.max(), 1)), np.float32)
     for part, (u0, w) in enumerate(zip(bounds[:-1], widths, strict=True)):
-        slabs[part, :, :w] = M[:, 4 * u0 : 4 * u0 + w]
+        slabs[part, :, :w] = M[:, G * u0 : G * u0 + w]
     return slabs
 
 
@@ -157,7 +165,7 @@ def add_head(hv, Wy, z):
 
 
 @nb.njit(**MATVEC)
-def cell(z, c, h_new, u0, u1):
+def lstm_cell(z, c, h_new, u0, u1):
     r"""The LSTM cell of one stream for units [u0, u1), from gates z in the packed layout.
 
     .. math::
@@ -187,19 +195,104 @@ def cell(z, c, h_new, u0, u1):
 
 
 @nb.njit(**MATVEC)
-def advance(layer, part, bounds, EW, U, W, b, x, h, c, h_new, z):
+def peephole_cell(z, P, c, h_new, u0, u1):
+    r"""The peephole LSTM cell of one stream for units [u0, u1) (packed i, f, g, o).
+
+    .. math::
+
+        i = \sigma(z_i + p_i \odot c) \quad f = \sigma(z_f + p_f \odot c) \quad g = \tanh(z_g)
+        c \leftarrow f \odot c + i \odot g \qquad o = \sigma(z_o + p_o \odot c) \qquad
+        h_{new} = o \odot \tanh(c)
+
+    P : (3, H) the peepholes p_i, p_f, p_o, in unit order.
+    """
+    H = c.shape[0]
+    for ub in range(u0, u1, BLOCK):
+        s = min(BLOCK, H - ub)
+        zi, zf = z[4 * ub : 4 * ub + s], z[4 * ub + s : 4 * ub + 2 * s]
+        zg, zo = z[4 * ub + 2 * s : 4 * ub + 3 * s], z[4 * ub + 3 * s : 4 * ub + 4 * s]
+        pi, pf, po = P[0, ub : ub + s], P[1, ub : ub + s], P[2, ub : ub + s]
+        cb, hb = c[ub : ub + s], h_new[ub : ub + s]
+        for j in range(s):
+            i = sigmoid(zi[j] + pi[j] * cb[j])
+            f = sigmoid(zf[j] + pf[j] * cb[j])
+            g = tanh(zg[j])
+            cb[j] = f * cb[j] + i * g
+            o = sigmoid(zo[j] + po[j] * cb[j])
+            hb[j] = o * tanh(cb[j])
+
+
+@nb.njit(**MATVEC)
+def coupled_cell(z, c, h_new, u0, u1):
+    r"""The coupled LSTM cell of one stream for units [u0, u1) (packed f, g, o).
+
+    .. math::  c \leftarrow f \odot c + (1 - f) \odot g \qquad h_{new} = o \odot \tanh(c)
+    """
+    H = c.shape[0]
+    for ub in range(u0, u1, BLOCK):
+        s = min(BLOCK, H - ub)
+        k = 3 * ub
+        zf, zg, zo = z[k : k + s], z[k + s : k + 2 * s], z[k + 2 * s : k + 3 * s]
+        cb, hb = c[ub : ub + s], h_new[ub : ub + s]
+        for j in range(s):
+            f = sigmoid(zf[j])
+            g = tanh(zg[j])
+            o = sigmoid(zo[j])
+            cb[j] = f * cb[j] + (ONE - f) * g
+            hb[j] = o * tanh(cb[j])
+
+
+@nb.njit(**MATVEC)
+def gru_cell(z, zh, bh, h, h_new, u0, u1):
+    r"""The GRU cell of one stream for units [u0, u1) (packed r, z, n).
+
+    .. math::
+
+        r = \sigma(z_r + zh_r) \quad u = \sigma(z_z + zh_z) \quad
+        n = \tanh(z_n + r \odot (zh_n + b_{hn})) \qquad h_{new} = (1 - u) \odot n + u \odot h
+
+    z holds x W + b, zh holds h U (u is the update gate, the z of the equations); bh : (H,)
+    b_hn in unit order.
+    """
+    H = h.shape[0]
+    for ub in range(u0, u1, BLOCK):
+        s = min(BLOCK, H - ub)
+        k = 3 * ub
+        xr, xz, xn = z[k : k + s], z[k + s : k + 2 * s], z[k + 2 * s : k + 3 * s]
+        hr, hz, hn = zh[k : k + s], zh[k + s : k + 2 * s], zh[k + 2 * s : k + 3 * s]
+        bn, hb, hb_new = bh[ub : ub + s], h[ub : ub + s], h_new[ub : ub + s]
+        for j in range(s):
+            r = sigmoid(xr[j] + hr[j])
+            u = sigmoid(xz[j] + hz[j])
+            n = tanh(xn[j] + r * (hn[j] + bn[j]))
+            hb_new[j] = (ONE - u) * n + u * hb[j]
+
+
+@nb.njit(**MATVEC)
+def rnn_cell(z, h_new, u0, u1):
+    r"""The tanh RNN cell of one stream for units [u0, u1): h_new = tanh(z)."""
+    for j in range(u0, u1):
+        h_new[j] = tanh(z[j])
+
+
+@nb.njit(**MATVEC)
+def advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z):
     r"""One part of one layer (units u0 .. u1) for every stream with an input (x[n] >= 0).
 
     .. math::
 
         z^0 = (E W_0 + b_0)[x] + h^0 U_0  \qquad  z^l = b_l + h^{l-1}_{new} W_l + h^l U_l
 
-    then the cell. Reads h (the old state, every unit) and h_new[:, layer-1] (the layer below,
-    complete); writes only z columns 4 u0 .. 4 u1 and c, h_new of units u0 .. u1, so the parts
-    of a layer can run concurrently.
+    then the cell of this kind (the GRU: see advance_gru). Reads h (the old state, every unit)
+    and h_new[:, layer-1] (the layer below, complete); writes only z columns G u0 .. G u1 and
+    c, h_new of units u0 .. u1, so the parts of a layer can run concurrently.
     """
+    if kind == GRU:
+        advance_gru(layer, part, bounds, EW, U, W, b, P, x, h, h_new, z)
+        return
     u0, u1 = bounds[part], bounds[part + 1]
-    j0, j1 = 4 * u0, 4 * u1
+    G = EW.shape[1] // h.shape[2]  # gate blocks: 4 for an LSTM
+    j0, j1 = G * u0, G * u1
     for n in range(x.shape[0]):
         if x[n] < 0:
             continue
@@ -211,8 +304,40 @@ def advance(layer, part, bounds, EW, U, W, b, x, h, c, h_new, z):
         add_rows(h_new[:, layer - 1], W[layer - 1, part], z, x, j0, j1 - j0)
     add_rows(h[:, layer], U[layer, part], z, x, j0, j1 - j0)
     for n in range(x.shape[0]):
+        if x[n] < 0:
+            continue
+        if kind == LSTM:
+            lstm_cell(z[n], c[n, layer], h_new[n, layer], u0, u1)
+        elif kind == RNN:
+            rnn_cell(z[n], h_new[n, layer], u0, u1)
+        elif kind == PEEPHOLE:
+            peephole_cell(z[n], P[layer], c[n, layer], h_new[n, layer], u0, u1)
+        else:
+            coupled_cell(z[n], c[n, layer], h_new[n, layer], u0, u1)
+
+
+@nb.njit(**MATVEC)
+def advance_gru(layer, part, bounds, EW, U, W, b, P, x, h, h_new, z):
+    """advance for the GRU: x W + b accumulates in z[:, :3H] and h U apart in z[:, 3H:], since
+    the candidate needs x W_n and r * (h U_n + b_hn) apart; b_hn is P[layer, 0]."""
+    u0, u1 = bounds[part], bounds[part + 1]
+    GH = EW.shape[1]
+    j0, j1 = 3 * u0, 3 * u1
+    zx, zh = z[:, :GH], z[:, GH:]
+    for n in range(x.shape[0]):
+        if x[n] < 0:
+            continue
+        if layer == 0:
+            zx[n, j0:j1] = EW[x[n], j0:j1]
+        else:
+            zx[n, j0:j1] = b[layer - 1, j0:j1]
+        zh[n, j0:j1] = 0
+    if layer > 0:
+        add_rows(h_new[:, layer - 1], W[layer - 1, part], zx, x, j0, j1 - j0)
+    add_rows(h[:, layer], U[layer, part], zh, x, j0, j1 - j0)
+    for n in range(x.shape[0]):
         if x[n] >= 0:
-            cell(z[n], c[n, layer], h_new[n, layer], u0, u1)
+            gru_cell(zx[n], zh[n], P[layer, 0], h[n, layer], h_new[n, layer], u0, u1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,70 +462,73 @@ def finish(n, Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logi
 
 
 @nb.njit(**EXACT)
-def step(EW, U, W, b, Wy, by, bounds, x, h, c, h_new, z, temperature, top_k, top_p, key,
-         counter, logits, p, order, logp):
+def step(kind, EW, U, W, b, P, Wy, by, bounds, x, h, c, h_new, z, temperature, top_k, top_p,
+         key, counter, logits, p, order, logp):
     r"""Advance B streams by one character: every layer, the head, and the draw.
 
     Parameters
     ----------
-    EW : (V, 4H) E W_0 + b_0, packed columns.  U : (L, P, H, C), W : (L-1, P, H, C) slabs
-    (see pack_slabs), b : (L-1, 4H) packed.  Wy : (H, V), by : (V,) the head.
+    kind : the cell (LSTM, GRU, RNN, PEEPHOLE or COUPLED).
+    EW : (V, G*H) E W_0 + b_0, packed columns.  U : (L, P, H, C), W : (L-1, P, H, C) slabs
+    (see pack_slabs), b : (L-1, G*H) packed.  P : (L, 3, H) the cell's parameters per unit:
+    the peepholes p_i, p_f, p_o, or the GRU's b_hn in P[:, 0] (width 0 for the other cells).
+    Wy : (H, V), by : (V,) the head.
     bounds : (P+1,) unit boundaries of the parts (see unit_bounds).
     x : (B,) in: each stream's input character (-1: none, start from the zero state);
         out: the character drawn, which is the next input.
-    h, c : (B, L, H) recurrent state, advanced in place.  h_new : (B, L, H), z : (B, 4H)
-    workspaces.  temperature, top_k, top_p : (B,) per-stream settings.
-    key, counter : (B,) uint64 random streams; counter is advanced by one.
+    h : (B, L, H), c : (B, L, H or 0) recurrent state, advanced in place.  h_new : (B, L, H),
+    z : (B, G*H; the GRU's 2 G*H) workspaces.  temperature, top_k, top_p : (B,) per-stream
+    settings.  key, counter : (B,) uint64 random streams; counter is advanced by one.
     logits : (B, V) out: the logits of this step.  p : (B, V), order : (B, V) workspaces.
     logp : (B,) out: log-probability of the drawn character under softmax(logits).
     """
     for layer in range(U.shape[0]):
         for part in range(bounds.shape[0] - 1):
-            advance(layer, part, bounds, EW, U, W, b, x, h, c, h_new, z)
+            advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z)
     for n in range(x.shape[0]):
         finish(n, Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p,
                order, logp)
 
 
 @nb.njit(parallel=True, **EXACT)
-def step_threads(EW, U, W, b, Wy, by, bounds, x, h, c, h_new, z, temperature, top_k, top_p,
-                 key, counter, logits, p, order, logp):
+def step_threads(kind, EW, U, W, b, P, Wy, by, bounds, x, h, c, h_new, z, temperature, top_k,
+                 top_p, key, counter, logits, p, order, logp):
     """step with the parts of each layer run concurrently, one thread each.
 
     The head stays serial: it is a few percent of a step even for dozens of streams.
     """
     for layer in range(U.shape[0]):
         for part in nb.prange(bounds.shape[0] - 1):
-            advance(layer, part, bounds, EW, U, W, b, x, h, c, h_new, z)
+            advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z)
     for n in range(x.shape[0]):
         finish(n, Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p,
                order, logp)
 
 
 @nb.njit(**EXACT)
-def prime(EW, U, W, b, bounds, idx, x, h, c, h_new, z):
+def prime(kind, EW, U, W, b, P, bounds, idx, x, h, c, h_new, z):
     """Feed one stream the characters idx[:-1]; leave x[0] = idx[-1] (or -1 if idx is empty).
 
-    x, h, c, h_new, z are that stream's rows (B = 1). The last character is fed by the first
-    step, whose head then gives the distribution of the character after the prompt.
+    x, h, c, h_new, z are that stream's rows (B = 1). The last character is fed by the
+    first step, whose head then gives the distribution of the character after the prompt.
     """
     for t in range(idx.shape[0] - 1):
         x[0] = idx[t]
         for layer in range(U.shape[0]):
             for part in range(bounds.shape[0] - 1):
-                advance(layer, part, bounds, EW, U, W, b, x, h, c, h_new, z)
+                advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z)
         h[0] = h_new[0]
     x[0] = idx[-1] if idx.shape[0] > 0 else -1
 
 
 @nb.njit(parallel=True, **EXACT)
-def prime_threads(EW, U, W, b, bounds, idx, x, h, c, h_new, z):
+def prime_threads(kind, EW, U, W, b, P, bounds, idx, x, h, c, h_new, z):
     """prime with one thread per part of each layer."""
     for t in range(idx.shape[0] - 1):
         x[0] = idx[t]
         for layer in range(U.shape[0]):
             for part in nb.prange(bounds.shape[0] - 1):
-                advance(layer, part, bounds, EW, U, W, b, x, h, c, h_new, z)
+                advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z)
         h[0] = h_new[0]
     x[0] = idx[-1] if idx.shape[0] > 0 else -1
 
@@ -414,8 +542,10 @@ def warmup() -> None:
     """
     L, H, V, B = 2, 4, 3, 1
     f32 = np.float32
-    weights = (np.zeros((V, 4 * H), f32), np.zeros((L, 1, H, 4 * H), f32),
-               np.zeros((L - 1, 1, H, 4 * H), f32), np.zeros((L - 1, 4 * H), f32))
+    # one compiled kernel serves every cell (kind is an argument): warm it with the LSTM
+    weights = (LSTM, np.zeros((V, 4 * H), f32), np.zeros((L, 1, H, 4 * H), f32),
+               np.zeros((L - 1, 1, H, 4 * H), f32), np.zeros((L - 1, 4 * H), f32),
+               np.zeros((L, 3, 0), f32))
     head = (np.zeros((H, V), f32), np.zeros(V, f32))
     bounds = unit_bounds(H, 1)
     x = np.zeros(B, np.int64)

@@ -1,25 +1,29 @@
-"""The LSTM engine against central finite differences and a plain-NumPy reference."""
+"""The engine, every cell, against central finite differences and a plain-NumPy reference."""
 
 import numpy as np
 import pytest
 from reference import reference_forward, reference_loss
 
-from charlm.model import CharLSTM, ModelConfig, State
+from charlm.model import CELLS, CharLSTM, ModelConfig, State
 from charlm.optim import Adam, RMSprop, clip_grad_norm
 
 CFG = ModelConfig(vocab_size=7, n_embd=5, n_hidden=6, n_layer=2, dropout=0.3, dtype="float64")
 B, T = 3, 5
 
 
-def setup(nonzero_state: bool, dropout: bool, seed: int = 0):
+def setup(nonzero_state: bool, dropout: bool, seed: int = 0, cell: str = "lstm"):
     rng = np.random.default_rng(seed)
-    model = CharLSTM(CFG, seed=seed)
+    model = CharLSTM(ModelConfig(**{**CFG.to_dict(), "cell": cell}), seed=seed)
     idx = rng.integers(0, CFG.vocab_size, (B, T))
     targets = rng.integers(0, CFG.vocab_size, (B, T))
     state = model.zero_state(B)
     if nonzero_state:
         state.h[:] = rng.uniform(-0.9, 0.9, state.h.shape)
         state.c[:] = rng.standard_normal(state.c.shape)
+    if cell in ("gru", "peephole"):  # their extra parameters start at 0 or small: stir them
+        extra = [p for name, p in model.params.items() if name[:2] in ("bh", "P0", "P1")]
+        for p in extra:
+            p[:] = rng.uniform(-0.5, 0.5, p.shape)
     masks = None
     if dropout:
         masks = [m.copy() for m in model.sample_masks(model.workspace(T, B), rng)]
@@ -27,10 +31,11 @@ def setup(nonzero_state: bool, dropout: bool, seed: int = 0):
     return model, idx, targets, state, masks
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("nonzero_state", [False, True])
 @pytest.mark.parametrize("dropout", [False, True])
-def test_gradients_match_finite_differences(nonzero_state, dropout):
-    model, idx, targets, state0, masks = setup(nonzero_state, dropout)
+def test_gradients_match_finite_differences(nonzero_state, dropout, cell):
+    model, idx, targets, state0, masks = setup(nonzero_state, dropout, cell=cell)
 
     def loss():
         state = State(state0.h.copy(), state0.c.copy())
@@ -61,25 +66,27 @@ def test_gradients_match_finite_differences(nonzero_state, dropout):
     assert offset == model.theta.size
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("dropout", [False, True])
-def test_forward_matches_numpy_reference(dropout):
-    model, idx, targets, state, masks = setup(True, dropout, seed=3)
+def test_forward_matches_numpy_reference(dropout, cell):
+    model, idx, targets, state, masks = setup(True, dropout, seed=3, cell=cell)
     ref_logits, ref_h, ref_c = reference_forward(model.params, CFG.n_layer, idx, state.h,
-                                                 state.c, masks)
+                                                 state.c, masks, cell=cell)
     ref = reference_loss(ref_logits, targets)
     ws = model.forward(idx, state, masks)
     logits = ws.logits.reshape(T, B, -1).transpose(1, 0, 2)
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(state.h, ref_h, rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(state.c, ref_c, rtol=1e-6, atol=1e-12)
-    model2, idx, targets, state, masks = setup(True, dropout, seed=3)
+    model2, idx, targets, state, masks = setup(True, dropout, seed=3, cell=cell)
     loss = model2.loss_and_grad(idx, targets, state, masks)
     assert abs(loss - ref) / ref <= 1e-6
 
 
-def test_float32_forward_close_to_float64():
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_float32_forward_close_to_float64(cell):
     """The float32 kernels (with the vectorised tanh) agree with float64 to float32 precision."""
-    cfg32 = ModelConfig(vocab_size=11, n_embd=16, n_hidden=32, n_layer=2, dropout=0.0)
+    cfg32 = ModelConfig(vocab_size=11, n_embd=16, n_hidden=32, n_layer=2, dropout=0.0, cell=cell)
     cfg64 = ModelConfig(**{**cfg32.to_dict(), "dtype": "float64"})
     m64 = CharLSTM(cfg64, seed=2)
     m32 = CharLSTM(cfg32, theta=m64.theta.astype(np.float32))
@@ -90,9 +97,10 @@ def test_float32_forward_close_to_float64():
     np.testing.assert_allclose(l32, l64, rtol=1e-4, atol=1e-5)
 
 
-def test_state_carries_across_windows():
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_state_carries_across_windows(cell):
     """Two windows of T with carried state equal one window of 2T."""
-    model, idx, _, state, _ = setup(True, False)
+    model, idx, _, state, _ = setup(True, False, cell=cell)
     idx2 = np.concatenate([idx, idx[:, ::-1]], axis=1)
     s_once = State(state.h.copy(), state.c.copy())
     whole = model.forward(idx2, s_once).logits.reshape(2 * T, B, -1).copy()
@@ -100,6 +108,7 @@ def test_state_carries_across_windows():
     second = model.forward(idx[:, ::-1].copy(), state).logits.reshape(T, B, -1)
     np.testing.assert_allclose(np.concatenate([first, second]), whole, rtol=1e-12)
     np.testing.assert_allclose(state.h, s_once.h, rtol=1e-12)
+    np.testing.assert_allclose(state.c, s_once.c, rtol=1e-12)
 
 
 def test_adam_and_rmsprop_match_formulas():

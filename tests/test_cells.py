@@ -1,0 +1,179 @@
+"""Every cell beyond the LSTM's own tests: torch parity, activations, generation, checkpoints.
+
+The gradient checks and the plain-NumPy reference run for every cell in test_engine.py.
+"""
+
+import numpy as np
+import pytest
+from reference import reference_forward
+
+from charlm.checkpoint import load_checkpoint, save_checkpoint
+from charlm.generate import Batch, Generator, PackedModel, SampleSettings
+from charlm.model import CELLS, CharLSTM, ModelConfig, param_shapes
+
+ITOS = list("\n !',.:;?abcdefghijklmnopqrstuvwxyz")
+PROMPT = "to be or not to be"
+
+
+def make_model(cell: str, n_hidden: int = 20, n_layer: int = 2, scale: float = 2.0,
+               dtype: str = "float32", seed: int = 0) -> CharLSTM:
+    """A random model; n_hidden 20 is one full block of 16 units and a partial one of 4."""
+    cfg = ModelConfig(vocab_size=len(ITOS), n_embd=8, n_hidden=n_hidden, n_layer=n_layer,
+                      dropout=0.0, cell=cell, dtype=dtype)
+    model = CharLSTM(cfg, seed=seed)
+    # random values everywhere, biases and the extra parameters too
+    rng = np.random.default_rng(seed)
+    model.theta[:] = rng.uniform(-1, 1, model.n_params) / np.sqrt(n_hidden) * scale
+    return model
+
+
+def encode(text: str) -> np.ndarray:
+    return np.array([[ITOS.index(ch) for ch in text]])
+
+
+def test_shapes_and_initialisation():
+    H, E, V = 20, 8, len(ITOS)
+    for cell, spec in CELLS.items():
+        model = CharLSTM(ModelConfig(vocab_size=V, n_embd=E, n_hidden=H, n_layer=2, cell=cell))
+        shapes = param_shapes(model.config)
+        G = spec.blocks
+        assert shapes["W0"] == (E, G * H) and shapes["U1"] == (H, G * H)
+        assert ("P0" in shapes) == (cell == "peephole") and ("bh0" in shapes) == (cell == "gru")
+        b = model.params["b0"].reshape(G, H)
+        for k in range(G):  # the forget gate's bias starts at 1, every other bias at 0
+            assert np.all(b[k] == (1.0 if k == spec.forget else 0.0)), (cell, k)
+        state = model.zero_state(3)
+        assert state.h.shape == (2, 3, H) and state.c.shape == (2, 3, H if spec.has_c else 0)
+    n = {cell: CharLSTM(ModelConfig(vocab_size=V, n_embd=E, n_hidden=H, cell=cell)).n_params
+         for cell in CELLS}
+    block = (E + H + 1) * H + (H + H + 1) * H  # W, U, b of one gate block, both layers
+    assert n["lstm"] - n["coupled"] == block
+    assert n["peephole"] - n["lstm"] == 2 * 3 * H
+    assert n["lstm"] - n["gru"] == block - 2 * H
+    assert n["gru"] - n["rnn"] == 2 * block + 2 * H
+    with pytest.raises(ValueError, match="cell must be one of lstm, gru, rnn, peephole"):
+        ModelConfig(cell="transformer").validate()
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn", "lstm"])
+def test_matches_torch(cell):
+    """gru and rnn compute what torch.nn.GRU and nn.RNN compute (what bench train compares)."""
+    torch = pytest.importorskip("torch")
+    model = make_model(cell, n_hidden=12, dtype="float64")
+    H, L = 12, 2
+    net = {"gru": torch.nn.GRU, "rnn": torch.nn.RNN, "lstm": torch.nn.LSTM}[cell](
+        8, H, L, batch_first=True, dtype=torch.float64)
+    p = model.params
+    with torch.no_grad():
+        for layer in range(L):
+            getattr(net, f"weight_ih_l{layer}").copy_(torch.from_numpy(p[f"W{layer}"].T))
+            getattr(net, f"weight_hh_l{layer}").copy_(torch.from_numpy(p[f"U{layer}"].T))
+            getattr(net, f"bias_ih_l{layer}").copy_(torch.from_numpy(p[f"b{layer}"]))
+            b_hh = np.zeros_like(p[f"b{layer}"])
+            if cell == "gru":  # torch's second bias: only its n block stays inside r * (.)
+                b_hh[2 * H :] = p[f"bh{layer}"]
+            getattr(net, f"bias_hh_l{layer}").copy_(torch.from_numpy(b_hh))
+        idx = encode(PROMPT)
+        x = torch.from_numpy(p["E"][idx])
+        out = net(x)[0].numpy()[0]
+    acts = model.activations(idx)
+    np.testing.assert_allclose(acts[-1]["h"][0], out, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_activations(cell):
+    model = make_model(cell, dtype="float64")
+    spec = CELLS[cell]
+    idx = np.concatenate([encode(PROMPT), encode(PROMPT[::-1])])
+    state = model.zero_state(2)
+    acts = model.activations(idx, state)
+    names = set(spec.gates) | ({"i"} if cell == "coupled" else set()) | (
+        {"c"} if spec.has_c else set()) | {"h"}
+    assert len(acts) == 2 and all(set(a) == names for a in acts)
+    assert all(a.shape == (2, len(PROMPT), 20) for layer in acts for a in layer.values())
+    _, ref_h, ref_c = reference_forward(model.params, 2, idx, np.zeros_like(state.h),
+                                        np.zeros_like(state.c), cell=cell)
+    for layer in range(2):
+        np.testing.assert_allclose(acts[layer]["h"][:, -1], ref_h[layer], rtol=1e-10)
+        np.testing.assert_array_equal(acts[layer]["h"][:, -1], state.h[layer])
+        if spec.has_c:
+            np.testing.assert_allclose(acts[layer]["c"][:, -1], ref_c[layer], rtol=1e-10)
+    for name in set(spec.gates) - {"g", "n"}:  # sigmoid gates
+        assert all(((a[name] > 0) & (a[name] < 1)).all() for a in acts)
+    if cell == "coupled":
+        np.testing.assert_allclose(acts[0]["i"], 1 - acts[0]["f"])
+
+
+def reference_probs(model: CharLSTM, text: str) -> np.ndarray:
+    z = model.forward(encode(text), model.zero_state(1)).logits[-1].astype(np.float64)
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_generation_follows_the_model(cell):
+    """The packed step kernel of each cell gives CharLSTM.forward's distributions."""
+    model = make_model(cell)
+    gen = Generator(model, ITOS, threads=1)
+    for prompt in ("a", PROMPT, "the quick brown fox, " * 3):
+        np.testing.assert_allclose(gen.distribution(prompt).probs, reference_probs(model, prompt),
+                                   rtol=1e-4, atol=1e-7)
+    out = gen.complete(PROMPT, temperature=0.0, max_new_chars=30)
+    for k, tok in enumerate(out.tokens):
+        ref = reference_probs(model, PROMPT + out.text[:k])
+        assert ref[ITOS.index(tok.char)] >= ref.max() - 1e-6
+        assert tok.logprob == pytest.approx(np.log(ref[ITOS.index(tok.char)]), abs=1e-4)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn", "peephole", "coupled"])
+def test_batched_threaded_equals_single_stream(cell):
+    model = make_model(cell, n_hidden=40)
+    solo = Generator(model, ITOS, threads=1)
+    streams = [(PROMPT, SampleSettings(temperature=0.9, seed=1, max_new_chars=25)),
+               ("", SampleSettings(temperature=1.2, top_k=5, seed=2, max_new_chars=20)),
+               ("abc", SampleSettings(temperature=0.0, max_new_chars=15))]
+    expected = [solo.complete(p, s).tokens for p, s in streams]
+    batch = Batch(PackedModel(model, ITOS, threads=2), capacity=1)
+    ids = {batch.add(p, s): k for k, (p, s) in enumerate(streams)}
+    got = {k: [] for k in range(len(streams))}
+    while batch.running:
+        for ev in batch.step():
+            got[ids[ev.stream]] += ev.tokens
+    assert [got[k] for k in range(len(streams))] == expected
+
+
+@pytest.mark.parametrize("cell", ["gru", "peephole"])
+def test_checkpoint_round_trip(tmp_path, cell):
+    model = make_model(cell)
+    save_checkpoint(tmp_path / "m.npz", model, ITOS, {"step": 3})
+    ck = load_checkpoint(tmp_path / "m.npz")
+    assert ck.config.cell == cell
+    np.testing.assert_array_equal(ck.model().theta, model.theta)
+    assert Generator(ck.model(), ck.vocab).complete(PROMPT, seed=4, max_new_chars=20).tokens == \
+        Generator(model, ITOS).complete(PROMPT, seed=4, max_new_chars=20).tokens
+
+
+def test_training_resumes_exactly_without_a_cell_state(tmp_path):
+    """A GRU's state has no c (width 0): it is saved, restored and reset like an LSTM's."""
+    from charlm.checkpoint import load_checkpoint as load
+    from charlm.data import load_corpus
+    from charlm.train import TrainConfig, Trainer
+
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. " * 60)
+    corpus = load_corpus(text, val_frac=0.1)
+
+    def cfgs(max_steps):
+        return (ModelConfig(n_embd=8, n_hidden=16, n_layer=2, dropout=0.1, cell="gru"),
+                TrainConfig(seq_len=12, batch_size=4, max_steps=max_steps, eval_every=5,
+                            lr_decay="constant"))
+
+    whole = Trainer(corpus, *cfgs(12), tmp_path / "whole")
+    list(whole.run())
+    first = Trainer(corpus, *cfgs(7), tmp_path / "part")
+    list(first.run())
+    assert first.state.c.shape == (2, 4, 0)
+    resumed = Trainer(corpus, *cfgs(12), tmp_path / "part",
+                      resume=load(tmp_path / "part" / "latest.npz"))
+    list(resumed.run())
+    np.testing.assert_array_equal(resumed.model.theta, whole.model.theta)
