@@ -34,7 +34,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.from_mapping(test_config)
     normalize(app.config)
 
-    from service import completions, distribution, meta, security, tgi
+    from service import completions, distribution, meta, playground, security, tgi
     from service.errors import register_error_handlers
     from service.models import Models
     from service.state import Slots, State
@@ -44,9 +44,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["charlm"] = State(models, Slots(app.config["MAX_CONCURRENCY"]))
     register_error_handlers(app)
     security.init_app(app)
-    for module in (tgi, completions, distribution, meta):
+    for module in (tgi, completions, distribution, meta, playground):
         app.register_blueprint(module.bp)
-    app.register_blueprint(__import__("service.playground", fromlist=["bp"]).bp)  # GET / page
     if app.config["LOAD"] == "sync":
         models.load()
     else:

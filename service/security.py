@@ -20,6 +20,11 @@ def allowed_origin(origin: str | None) -> str | None:
     return origin if origin in origins else None
 
 
+def is_page(path: str, method: str) -> bool:
+    """The playground page and its files: public, so a browser can load it and ask for a key."""
+    return method == "GET" and (path == "/" or path.startswith("/playground/"))
+
+
 def init_app(app: Flask) -> None:
     @app.before_request
     def preflight_and_key():
@@ -27,7 +32,7 @@ def init_app(app: Flask) -> None:
             # a preflight carries no credentials: answer it before the key check
             return Response(status=204)
         key = current_app.config["API_KEY"]
-        if not key or request.path in OPEN:
+        if not key or request.path in OPEN or is_page(request.path, request.method):
             return None
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(),

@@ -204,6 +204,10 @@ def guarded(checkpoint_dir):
 def test_api_key(guarded):
     c = guarded.test_client()
     assert c.get("/health").status_code == 200  # open to load balancers
+    # the playground page loads without a key and asks for one on its first 401
+    with c.get("/") as page:
+        assert page.status_code == 200
+    assert c.post("/activations", json={"text": "a"}).status_code == 401
     for method, route, body in [("post", "/generate", tgi()), ("post", "/generate_stream", tgi()),
                                 ("post", "/v1/completions", {"prompt": "a"}),
                                 ("post", "/next", {"prompt": "a"}), ("get", "/v1/models", None),

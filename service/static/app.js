@@ -26,11 +26,29 @@ function setStatus(msg, isError = false) {
   $("status").classList.toggle("error", isError);
 }
 
+function withKey(headers) {
+  const key = sessionStorage.getItem("charlm-api-key");
+  return key ? { ...headers, Authorization: `Bearer ${key}` } : headers;
+}
+
+async function authorizedFetch(path, opts = {}) {
+  // a server started with an API key answers 401: ask for the key once, keep it for the tab
+  let resp = await fetch(path, { ...opts, headers: withKey(opts.headers || {}) });
+  if (resp.status === 401) {
+    const key = window.prompt("This server needs an API key:");
+    if (key) {
+      sessionStorage.setItem("charlm-api-key", key);
+      resp = await fetch(path, { ...opts, headers: withKey(opts.headers || {}) });
+    }
+  }
+  return resp;
+}
+
 async function api(path, body) {
   const opts = body === undefined ? {} : {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   };
-  const resp = await fetch(path, opts);
+  const resp = await authorizedFetch(path, opts);
   const data = await resp.json().catch(() => ({ error: `${resp.status} ${resp.statusText}` }));
   if (!resp.ok) throw new Error(data.error || `HTTP ${resp.status}`);
   return data;
@@ -99,7 +117,7 @@ async function generate(event) {
   setStatus("generating…");
   let n = 0;
   try {
-    const resp = await fetch("/generate", {
+    const resp = await authorizedFetch("/generate", {
       method: "POST", signal: controller.signal,
       headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
       body: JSON.stringify({ inputs: prompt, model: model(), stream: true, parameters: parameters() }),
