@@ -13,8 +13,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="A character-level LSTM language model: train, sample, serve.")
 corpus_app = typer.Typer(no_args_is_help=True, help="Named corpora: list, fetch, generate.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against an optional torch peer.")
+experiment_app = typer.Typer(no_args_is_help=True,
+                             help="Experiments: every cell trained on the same task.")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(bench_app, name="bench")
+app.add_typer(experiment_app, name="experiment")
+CELL_NAMES = "lstm, gru, rnn, peephole or coupled"
 
 
 def fail(message: str) -> typer.Exit:
@@ -53,6 +57,7 @@ def train(
     n_layer: Annotated[int, typer.Option(min=1, help="Stacked LSTM layers.")] = 2,
     n_hidden: Annotated[int, typer.Option(min=1, help="Units per LSTM layer.")] = 512,
     n_embd: Annotated[int, typer.Option(min=1, help="Size of the character embedding.")] = 64,
+    cell: Annotated[str, typer.Option(help=f"The recurrent cell: {CELL_NAMES}.")] = "lstm",
     dropout: Annotated[float, typer.Option(min=0.0, max=0.95,
                                            help="Dropout between layers and before the head.")
                        ] = 0.1,
@@ -100,7 +105,7 @@ def train(
     from charlm.model import ModelConfig
 
     model_cfg = ModelConfig(n_embd=n_embd, n_hidden=n_hidden, n_layer=n_layer, dropout=dropout,
-                            dtype=dtype)
+                            dtype=dtype, cell=cell)
     from charlm.run import run_training
 
     # on --resume, options left at their defaults take the checkpoint's values
@@ -113,17 +118,45 @@ def train(
 @friendly
 def eval_(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or directory.")],
-    file: Annotated[Path, typer.Argument(help="A UTF-8 text file to score.")],
+    file: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
+        help="A UTF-8 text file to score (optional with --grammar).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams.")] = 32,
     seq_len: Annotated[int, typer.Option(min=1, help="Characters per window.")] = 100,
     encoding_errors: Annotated[str, typer.Option(help="strict or replace.")] = "strict",
+    grammar: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Score next-symbol predictions on fresh strings of reber or embedded-reber.")
+    ] = None,
+    strings: Annotated[int, typer.Option(min=1, help="Fresh strings for --grammar.")] = 1000,
+    threshold: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="--grammar: a character is predicted when its probability is "
+                               "above this.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the --grammar strings.")] = 12345,
 ) -> None:
-    """Loss of a model on a text, in nats/char and bits/char (unknown characters are skipped)."""
+    """Loss of a model on a text, in nats/char and bits/char (unknown characters are skipped);
+    with --grammar, how well it predicts a Reber grammar."""
     from charlm.checkpoint import find_checkpoint, load_checkpoint
+
+    ck = load_checkpoint(find_checkpoint(checkpoint))
+    if file is None and grammar is None:
+        raise CharlmError("give a FILE to score, or --grammar")
+    if grammar is not None:
+        from charlm import reber
+
+        if grammar not in reber.GRAMMARS:
+            raise CharlmError(f"--grammar must be one of {', '.join(reber.GRAMMARS)}")
+        s = reber.score_model(ck.model(), ck.vocab, reber.generate(strings, seed, grammar),
+                              grammar, threshold, batch_size, seq_len)
+        typer.echo(f"{grammar}: {s.accuracy:.1%} of {s.n_strings:,} fresh strings predicted "
+                   f"right at every position ({s.position_accuracy:.2%} of positions; "
+                   f"p > {threshold:g} is predicted)")
+        if s.long_range is not None:
+            typer.echo(f"long-range: p(right second-to-last symbol) {s.long_range:.4f} on "
+                       f"average; the more probable of T and P in {s.long_range_argmax:.1%}")
+        if file is None:
+            return
     from charlm.data import Vocab, read_text
     from charlm.train import LN2, estimate_loss
 
-    ck = load_checkpoint(find_checkpoint(checkpoint))
     text = read_text(file, encoding_errors=encoding_errors)
     vocab = Vocab(ck.vocab)
     ids = vocab.encode(text, unknown="drop")
@@ -295,6 +328,32 @@ def corpus_fetch(
     typer.echo(str(path))
 
 
+@corpus_app.command("reber")
+@friendly
+def corpus_reber(
+    count: Annotated[int, typer.Option(min=1, help="Strings to write.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the random choices.")] = 0,
+    embedded: Annotated[bool, typer.Option(
+        help="The embedded grammar: B T <reber string> T E or B P <reber string> P E.")
+    ] = False,
+    out: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="File to write (default: standard output).")] = None,
+) -> None:
+    """Strings of the Reber grammar (or the embedded one), one per line."""
+    from charlm import reber
+
+    text = "".join(s + "\n" for s in reber.generate(
+        count, seed, "embedded-reber" if embedded else "reber"))
+    if out is None:
+        sys.stdout.write(text)
+        return
+    from charlm.data import atomic_write
+
+    with atomic_write(out) as f:
+        f.write(text.encode("ascii"))
+    typer.echo(f"{count:,} strings written to {out}", err=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # bench
 
@@ -307,12 +366,14 @@ def bench_train(
     batch: Annotated[int, typer.Option(min=1)] = 50,
     seq_len: Annotated[int, typer.Option(min=1)] = 50,
     rounds: Annotated[int, typer.Option(min=1, help="Interleaved measurement rounds.")] = 5,
+    cells: Annotated[str, typer.Option(help="Comma-separated cells to time.")
+                     ] = "lstm,gru,rnn,peephole,coupled",
 ) -> None:
-    """chars/s of full training steps at 2x128 and 2x512, and the ratio to torch."""
+    """chars/s of full training steps at 2x128 and 2x512 per cell, and the ratio to torch."""
     from charlm.bench.train import run_train_bench
 
     run_train_bench(batch=batch, seq_len=seq_len, rounds=rounds, json_out=json_out,
-                    profile=profile)
+                    profile=profile, cells=cell_list(cells))
 
 
 @bench_app.command("sample")
@@ -340,6 +401,69 @@ def bench_serve(
     from charlm.bench.serve import run_serve_bench
 
     run_serve_bench(json_out=json_out, checkpoint=checkpoint, workers=workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# experiment
+
+
+def cell_list(cells: str) -> tuple[str, ...]:
+    """--cells a,b,c as a tuple, checked against the known cells."""
+    from charlm.model import CELLS
+
+    names = tuple(c.strip() for c in cells.split(",") if c.strip())
+    unknown = [c for c in names if c not in CELLS]
+    if unknown or not names:
+        raise CharlmError(f"--cells takes a comma-separated list of {CELL_NAMES}, got {cells!r}")
+    return names
+
+
+@experiment_app.command("reber")
+@friendly
+def experiment_reber(
+    cells: Annotated[str, typer.Option(help="Comma-separated cells to train.")
+                     ] = "lstm,gru,rnn,peephole,coupled",
+    seeds: Annotated[int, typer.Option(min=1, help="Runs per cell (seeds 0, 1, ...).")] = 3,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps of every run.")] = 2000,
+    n_hidden: Annotated[int, typer.Option(min=1)] = 16,
+    n_layer: Annotated[int, typer.Option(min=1)] = 1,
+    n_embd: Annotated[int, typer.Option(min=1)] = 8,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    seq_len: Annotated[int, typer.Option(min=1)] = 50,
+    lr: Annotated[float, typer.Option(help="Adam's learning rate, constant.")] = 1e-2,
+    eval_every: Annotated[int, typer.Option(min=1, help="Steps between held-out checks.")
+                          ] = 100,
+    eval_strings: Annotated[int, typer.Option(min=1, help="Held-out strings of the checks.")
+                            ] = 200,
+    final_strings: Annotated[int, typer.Option(min=1, help="Fresh strings of the final score.")
+                             ] = 1000,
+    threshold: Annotated[float, typer.Option(help="Predicted: probability above this.")
+                         ] = 0.1,
+    grammar: Annotated[str, typer.Option(help="embedded-reber or reber.")] = "embedded-reber",
+    jobs: Annotated[int, typer.Option(min=0, help="Worker processes (0: one per core).")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per cell.")] = False,
+) -> None:
+    """Train every cell on the embedded Reber grammar with the same budget and seeds; print
+    the parameters, the steps until solved, the final accuracy and the long-range accuracy."""
+    from rich.console import Console
+
+    from charlm.experiment import ReberConfig, run_reber_experiment
+
+    cfg = ReberConfig(cells=cell_list(cells), seeds=seeds, steps=steps, n_hidden=n_hidden,
+                      n_layer=n_layer, n_embd=n_embd, batch_size=batch_size, seq_len=seq_len,
+                      lr=lr, eval_every=eval_every, eval_strings=eval_strings,
+                      final_strings=final_strings, threshold=threshold, grammar=grammar,
+                      jobs=jobs)
+    cfg.validate()
+    console, total, done = Console(stderr=True), len(cfg.cells) * seeds, []
+
+    def progress(r) -> None:
+        done.append(r)
+        solved = f"solved at step {r.solved_at}" if r.solved_at else "not solved"
+        console.print(f"[{len(done)}/{total}] {r.cell} seed {r.seed}: {solved}, final "
+                      f"accuracy {r.accuracy:.1%} ({r.seconds:.0f} s)", highlight=False)
+
+    run_reber_experiment(cfg, json_out=json_out, progress=progress)
 
 
 def main() -> None:  # pragma: no cover - the console script entry

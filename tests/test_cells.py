@@ -3,6 +3,8 @@
 The gradient checks and the plain-NumPy reference run for every cell in test_engine.py.
 """
 
+import importlib.util
+
 import numpy as np
 import pytest
 from reference import reference_forward
@@ -177,3 +179,26 @@ def test_training_resumes_exactly_without_a_cell_state(tmp_path):
                       resume=load(tmp_path / "part" / "latest.npz"))
     list(resumed.run())
     np.testing.assert_array_equal(resumed.model.theta, whole.model.theta)
+
+
+def test_bench_train_has_a_line_per_cell(capsys, monkeypatch):
+    import charlm.bench.train as bench
+
+    # the peer of each cell torch has, stepped once here; a stand-in below (torch would run
+    # as many steps as ours, thousands for a model this small)
+    if importlib.util.find_spec("torch"):
+        for cell in bench.TORCH_CELLS:
+            assert 0 < bench.torch_step(1, 8, 4, 5, cell)() < 10
+    monkeypatch.setattr(bench, "torch_step",
+                        lambda *a: (lambda: 0.0) if a[-1] in bench.TORCH_CELLS else None)
+    rows = bench.run_train_bench(batch=4, seq_len=5, rounds=1, json_out=True,
+                                 configs=((1, 8),), cells=("lstm", "peephole"))
+    lines = capsys.readouterr().out.splitlines()
+    assert [r["cell"] for r in rows] == ["lstm", "peephole"] and len(lines) == 2
+    assert all(r["what"] == "train" and r["charlm_chars_per_s"] > 0 for r in rows)
+    assert rows[0]["ratio"] > 0 and rows[1]["ratio"] is None
+    bench.run_train_bench(batch=4, seq_len=5, rounds=1, profile=True, configs=((1, 8),),
+                          cells=("gru", "coupled"))
+    out = capsys.readouterr().out
+    assert out.startswith("train gru      1x8 ") and "gru_backward" in out
+    assert "torch has no such cell" in out
