@@ -9,9 +9,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from charlm.checkpoint import Checkpoint, load_checkpoint
 from charlm.errors import CharlmError
 from charlm.generate import Generator, PackedModel, SampleSettings
+from charlm.model import CharLSTM
 from service.engine import Engine
 from service.errors import ApiError
 
@@ -77,11 +80,14 @@ def discover(source: Path) -> dict[str, Path]:
     return found
 
 
-def warm(packed: PackedModel) -> None:
-    """Compile (or load from numba's cache) the kernels this model runs, on a short stream."""
+def warm(packed: PackedModel, model: CharLSTM) -> None:
+    """Compile (or load from numba's cache) the kernels this model runs: a short stream, and
+    the full forward pass that /activations uses (a cold compile would cost its first caller
+    half a minute)."""
     gen = Generator.from_packed(packed)
     gen.complete(packed.itos[0] * 2, SampleSettings(temperature=0.5, top_k=3, top_p=0.9,
                                                     seed=0, max_new_chars=2, top_n=2))
+    model.activations(np.zeros((1, 2), np.int64))
 
 
 class Models:
@@ -126,12 +132,13 @@ class Models:
         for name, path in discover(self.source).items():
             try:
                 ckpt = load_checkpoint(path)
-                packed = PackedModel(ckpt.model(), ckpt.vocab, self.kernel_threads)
+                model = ckpt.model()
+                packed = PackedModel(model, ckpt.vocab, self.kernel_threads)
             except CharlmError as e:
                 self.skipped[path.name] = str(e)
                 log.error("skipping %s: %s", path, e)
                 continue
-            warm(packed)
+            warm(packed, model)
             engine = Engine(packed, name)
             self.models[name] = Served(name, path, ckpt, packed, engine,
                                        int(path.stat().st_mtime))
