@@ -192,8 +192,10 @@ def test_a_client_that_disconnects_costs_no_more_cpu(server):
     c0 = cpu_seconds(workers)
     time.sleep(1.0)
     idle = cpu_seconds(workers) - c0
-    assert busy > 0.2, busy
-    assert idle < 0.08, idle
+    # rates, not absolute seconds: on a shared machine the busy worker gets less than a core
+    busy_rate, idle_rate = busy / 0.5, idle / 1.0
+    assert busy_rate > 0.1, busy
+    assert idle_rate < 0.08 and idle_rate < 0.25 * busy_rate, (busy, idle)
 
 
 def test_load(server):
