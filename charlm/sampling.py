@@ -243,23 +243,23 @@ def coupled_cell(z, c, h_new, u0, u1):
 
 
 @nb.njit(**MATVEC)
-def gru_cell(z, zh, bh, h, h_new, u0, u1):
+def gru_cell(z, bh, h, h_new, u0, u1):
     r"""The GRU cell of one stream for units [u0, u1) (packed r, z, n).
 
     .. math::
 
-        r = \sigma(z_r + zh_r) \quad u = \sigma(z_z + zh_z) \quad
-        n = \tanh(z_n + r \odot (zh_n + b_{hn})) \qquad h_{new} = (1 - u) \odot n + u \odot h
+        r = \sigma(a_r + b_r) \quad u = \sigma(a_z + b_z) \quad
+        n = \tanh(a_n + r \odot (b_n + b_{hn})) \qquad h_{new} = (1 - u) \odot n + u \odot h
 
-    z holds x W + b, zh holds h U (u is the update gate, the z of the equations); bh : (H,)
-    b_hn in unit order.
+    z : (6H,) a = x W + b in its first half, b = h U in its second (u is the update gate, the
+    z of the equations).  bh : (H,) b_hn in unit order.
     """
     H = h.shape[0]
     for ub in range(u0, u1, BLOCK):
         s = min(BLOCK, H - ub)
-        k = 3 * ub
+        k, kh = 3 * ub, 3 * H + 3 * ub
         xr, xz, xn = z[k : k + s], z[k + s : k + 2 * s], z[k + 2 * s : k + 3 * s]
-        hr, hz, hn = zh[k : k + s], zh[k + s : k + 2 * s], zh[k + 2 * s : k + 3 * s]
+        hr, hz, hn = z[kh : kh + s], z[kh + s : kh + 2 * s], z[kh + 2 * s : kh + 3 * s]
         bn, hb, hb_new = bh[ub : ub + s], h[ub : ub + s], h_new[ub : ub + s]
         for j in range(s):
             r = sigmoid(xr[j] + hr[j])
@@ -321,23 +321,22 @@ def advance_gru(layer, part, bounds, EW, U, W, b, P, x, h, h_new, z):
     """advance for the GRU: x W + b accumulates in z[:, :3H] and h U apart in z[:, 3H:], since
     the candidate needs x W_n and r * (h U_n + b_hn) apart; b_hn is P[layer, 0]."""
     u0, u1 = bounds[part], bounds[part + 1]
-    GH = EW.shape[1]
+    GH = EW.shape[1]  # 3H: where the h U half starts
     j0, j1 = 3 * u0, 3 * u1
-    zx, zh = z[:, :GH], z[:, GH:]
     for n in range(x.shape[0]):
         if x[n] < 0:
             continue
         if layer == 0:
-            zx[n, j0:j1] = EW[x[n], j0:j1]
+            z[n, j0:j1] = EW[x[n], j0:j1]
         else:
-            zx[n, j0:j1] = b[layer - 1, j0:j1]
-        zh[n, j0:j1] = 0
+            z[n, j0:j1] = b[layer - 1, j0:j1]
+        z[n, GH + j0 : GH + j1] = 0
     if layer > 0:
-        add_rows(h_new[:, layer - 1], W[layer - 1, part], zx, x, j0, j1 - j0)
-    add_rows(h[:, layer], U[layer, part], zh, x, j0, j1 - j0)
+        add_rows(h_new[:, layer - 1], W[layer - 1, part], z, x, j0, j1 - j0)
+    add_rows(h[:, layer], U[layer, part], z, x, GH + j0, j1 - j0)
     for n in range(x.shape[0]):
         if x[n] >= 0:
-            gru_cell(zx[n], zh[n], P[layer, 0], h[n, layer], h_new[n, layer], u0, u1)
+            gru_cell(z[n], P[layer, 0], h[n, layer], h_new[n, layer], u0, u1)
 
 
 # --------------------------------------------------------------------------------------------
