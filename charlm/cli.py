@@ -423,9 +423,9 @@ def cell_list(cells: str) -> tuple[str, ...]:
 def experiment_reber(
     cells: Annotated[str, typer.Option(help="Comma-separated cells to train.")
                      ] = "lstm,gru,rnn,peephole,coupled",
-    seeds: Annotated[int, typer.Option(min=1, help="Runs per cell (seeds 0, 1, ...).")] = 3,
+    seeds: Annotated[int, typer.Option(min=1, help="Runs per cell (seeds 0, 1, ...).")] = 5,
     steps: Annotated[int, typer.Option(min=1, help="Training steps of every run.")] = 2000,
-    n_hidden: Annotated[int, typer.Option(min=1)] = 16,
+    n_hidden: Annotated[int, typer.Option(min=1)] = 8,
     n_layer: Annotated[int, typer.Option(min=1)] = 1,
     n_embd: Annotated[int, typer.Option(min=1)] = 8,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
