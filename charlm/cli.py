@@ -185,7 +185,7 @@ def info(
     best = meta.get("best_val_loss")
     lines = [
         f"checkpoint  {path}  (sha256 {ck.sha256[:16]}, charlm {meta.get('charlm_version')})",
-        f"model       {cfg.n_layer} x {cfg.n_hidden} LSTM, embedding {cfg.n_embd}, "
+        f"model       {cfg.n_layer} x {cfg.n_hidden} {cfg.cell.upper()}, embedding {cfg.n_embd}, "
         f"dropout {cfg.dropout}, {cfg.dtype}: {ck.theta.size:,} parameters",
         f"vocabulary  {cfg.vocab_size} symbols: {''.join(ck.vocab)!r}",
         f"training    {meta['step']:,} steps, epoch {meta['epoch']}, corpus "

@@ -40,7 +40,8 @@ def run_training(corpus: str | None, model_cfg: ModelConfig, cfg: TrainConfig, o
     trainer = Trainer(data, model_cfg, cfg, out, resume=previous)
     m = trainer.model.config
     console.print(f"corpus {path} ({len(data.train):,} train / {len(data.val):,} val chars, "
-                  f"{data.vocab.vocab_size} symbols)\nmodel {m.n_layer}x{m.n_hidden} LSTM, "
+                  f"{data.vocab.vocab_size} symbols)\n"
+                  f"model {m.n_layer}x{m.n_hidden} {m.cell.upper()}, "
                   f"embedding {m.n_embd}, dropout {m.dropout}: {trainer.model.n_params:,} "
                   f"parameters" + (f"\nresuming at step {trainer.step}" if previous else ""))
     from charlm.warmup import warmup
