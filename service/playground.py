@@ -14,7 +14,7 @@ bp = Blueprint("playground", __name__, static_folder="static",
 
 # the gates that pass through a sigmoid, per cell: saturation is measured on these
 SIGMOID_GATES = {"lstm": ("i", "f", "o"), "peephole": ("i", "f", "o"),
-                 "coupled": ("i", "f", "o"), "gru": ("r", "z")}
+                 "coupled": ("i", "f", "o"), "gru": ("r", "z"), "rnn": ()}  # rnn: h alone
 MAX_HISTORY_POINTS = 500  # a plot needs no more; long runs are thinned evenly
 DIGITS = 3  # values go out rounded: the page colours and ranks, it does not need float32
 MAX_VALUES = 1_000_000  # per answer: chars x layers x hidden x 4 kinds, a few MB of JSON

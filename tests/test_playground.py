@@ -83,26 +83,29 @@ def test_unknown_characters_dropped_by_policy(checkpoint_dir):
     assert r.status_code == 422
 
 
-def test_other_cells_get_their_gates_or_a_clear_400(tmp_path):
+def test_other_cells_get_their_values_and_gates(tmp_path):
     from charlm.checkpoint import save_checkpoint
     from charlm.model import CELLS, CharLSTM, ModelConfig
     from service import create_app
 
+    gates = {"peephole": ["i", "f", "o"], "coupled": ["i", "f", "o"], "gru": ["r", "z"],
+             "rnn": []}
     for cell in [c for c in CELLS if c != "lstm"]:
         model = CharLSTM(ModelConfig(vocab_size=3, n_embd=4, n_hidden=5, n_layer=1, cell=cell))
         save_checkpoint(tmp_path / f"{cell}.npz", model, list("ab\n"), {"step": 1})
         app = create_app({"CHECKPOINTS": str(tmp_path / f"{cell}.npz"), "LOAD": "sync",
                           "TESTING": True})
         r = app.test_client().post("/activations", json={"text": "abba"})
-        if r.status_code == 400:
-            assert r.get_json()["error_type"] == "not_supported"
-            assert "not supported for this cell" in r.get_json()["error"]
-        else:
-            out = r.get_json()
-            assert out["cell"] == cell and out["gates"]
-            for g in out["gates"]:
-                v = np.array(out["layers"][0][g])
-                assert v.shape == (4, 5) and v.min() >= 0 and v.max() <= 1
+        assert r.status_code == 200, (cell, r.get_json())
+        out = r.get_json()
+        assert out["cell"] == cell and out["gates"] == gates[cell]
+        # tanh(c) for cells with a cell state, h for the gru and the rnn: in (-1, 1) either way
+        assert out["values"] == ("h" if cell in ("gru", "rnn") else "tanh_c")
+        v = np.array(out["layers"][0][out["values"]])
+        assert v.shape == (4, 5) and np.abs(v).max() < 1 and np.abs(v).max() > 0
+        for g in out["gates"]:
+            v = np.array(out["layers"][0][g])
+            assert v.shape == (4, 5) and v.min() >= 0 and v.max() <= 1
 
 
 def test_history(client):
