@@ -117,41 +117,49 @@ def uniform(key, counter):
 
 
 @nb.njit(**MATVEC)
-def add_rows(X, M, z, x, j0, width):
-    r"""z[n, j0:j0+width] += X[n] M[:, :width] for every stream n with an input (x[n] >= 0).
+def add_rows(X, M, z, j0, width):
+    r"""z[n, j0:j0+width] += X[n] M[:, :width] for every stream n.
 
     .. math::  z_{n,j_0+j} \mathrel{+}= \sum_k X_{nk} M_{kj}  \quad \text{(summed in order of k)}
 
-    A loop over rows of M, four rows per pass over z: each row is read once for all streams.
+    A loop over rows of M, four rows per pass over z, two streams at a time: each row is read
+    once for all streams, and each value read from it serves two streams (one stream at a
+    time, the loads of M and z, not the arithmetic, set the pace). A stream's sums come out
+    the same whether it is paired or not: only the order over k matters.
 
     Parameters
     ----------
     X : (B, K) the inputs of the B streams (a strided view is fine: only scalars are read).
     M : (K, C) a slab of weights, C-contiguous, C >= width.
     z : (B, 4H) accumulators.
-    x : (B,) streams with x[n] < 0 are skipped.
     """
     B, K = X.shape
     k = 0
     while k + 4 <= K:
         m0, m1, m2, m3 = M[k, :width], M[k + 1, :width], M[k + 2, :width], M[k + 3, :width]
-        for n in range(B):
-            if x[n] < 0:
-                continue
+        n = 0
+        while n + 2 <= B:
             a0, a1, a2, a3 = X[n, k], X[n, k + 1], X[n, k + 2], X[n, k + 3]
-            zn = z[n, j0 : j0 + width]
+            b0, b1, b2, b3 = X[n + 1, k], X[n + 1, k + 1], X[n + 1, k + 2], X[n + 1, k + 3]
+            za, zb = z[n, j0 : j0 + width], z[n + 1, j0 : j0 + width]
             for j in range(width):
-                zn[j] = zn[j] + a0 * m0[j] + a1 * m1[j] + a2 * m2[j] + a3 * m3[j]
+                w0, w1, w2, w3 = m0[j], m1[j], m2[j], m3[j]
+                za[j] = za[j] + a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3
+                zb[j] = zb[j] + b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3
+            n += 2
+        if n < B:  # the odd stream out
+            a0, a1, a2, a3 = X[n, k], X[n, k + 1], X[n, k + 2], X[n, k + 3]
+            za = z[n, j0 : j0 + width]
+            for j in range(width):
+                za[j] = za[j] + a0 * m0[j] + a1 * m1[j] + a2 * m2[j] + a3 * m3[j]
         k += 4
     while k < K:
         m0 = M[k, :width]
         for n in range(B):
-            if x[n] < 0:
-                continue
             a0 = X[n, k]
-            zn = z[n, j0 : j0 + width]
+            za = z[n, j0 : j0 + width]
             for j in range(width):
-                zn[j] = zn[j] + a0 * m0[j]
+                za[j] = za[j] + a0 * m0[j]
         k += 1
 
 
@@ -285,7 +293,9 @@ def advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z):
 
     then the cell of this kind (the GRU: see advance_gru). Reads h (the old state, every unit)
     and h_new[:, layer-1] (the layer below, complete); writes only z columns G u0 .. G u1 and
-    c, h_new of units u0 .. u1, so the parts of a layer can run concurrently.
+    c, h_new of units u0 .. u1, so the parts of a layer can run concurrently. The sums of a
+    stream without an input are computed too, and left unused: pairing streams in add_rows
+    pays more than skipping the rare empty prompt.
     """
     if kind == GRU:
         advance_gru(layer, part, bounds, EW, U, W, b, P, x, h, h_new, z)
@@ -301,8 +311,8 @@ def advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z):
         else:
             z[n, j0:j1] = b[layer - 1, j0:j1]
     if layer > 0:
-        add_rows(h_new[:, layer - 1], W[layer - 1, part], z, x, j0, j1 - j0)
-    add_rows(h[:, layer], U[layer, part], z, x, j0, j1 - j0)
+        add_rows(h_new[:, layer - 1], W[layer - 1, part], z, j0, j1 - j0)
+    add_rows(h[:, layer], U[layer, part], z, j0, j1 - j0)
     for n in range(x.shape[0]):
         if x[n] < 0:
             continue
@@ -332,8 +342,8 @@ def advance_gru(layer, part, bounds, EW, U, W, b, P, x, h, h_new, z):
             z[n, j0:j1] = b[layer - 1, j0:j1]
         z[n, GH + j0 : GH + j1] = 0
     if layer > 0:
-        add_rows(h_new[:, layer - 1], W[layer - 1, part], z, x, j0, j1 - j0)
-    add_rows(h[:, layer], U[layer, part], z, x, GH + j0, j1 - j0)
+        add_rows(h_new[:, layer - 1], W[layer - 1, part], z, j0, j1 - j0)
+    add_rows(h[:, layer], U[layer, part], z, GH + j0, j1 - j0)
     for n in range(x.shape[0]):
         if x[n] >= 0:
             gru_cell(z[n], P[layer, 0], h[n, layer], h_new[n, layer], u0, u1)
@@ -492,14 +502,26 @@ def step(kind, EW, U, W, b, P, Wy, by, bounds, x, h, c, h_new, z, temperature, t
 @nb.njit(parallel=True, **EXACT)
 def step_threads(kind, EW, U, W, b, P, Wy, by, bounds, x, h, c, h_new, z, temperature, top_k,
                  top_p, key, counter, logits, p, order, logp):
-    """step with the parts of each layer run concurrently, one thread each.
+    """step on one thread per part: parts of the streams, or of each layer's units.
 
-    The head stays serial: it is a few percent of a step even for dozens of streams.
+    With a stream or two per thread, each thread takes a group of streams through the whole
+    step, layers, head and draw: one fork-join per step and nothing serial. With fewer, the
+    units of each layer are split instead (each thread reads its own part of the weights,
+    which is what bounds a single stream), and the head stays serial.
     """
+    B, parts = x.shape[0], bounds.shape[0] - 1
+    if B // parts >= 2:
+        for g in nb.prange(parts):
+            n0, n1 = g * B // parts, (g + 1) * B // parts
+            step(kind, EW, U, W, b, P, Wy, by, bounds, x[n0:n1], h[n0:n1], c[n0:n1],
+                 h_new[n0:n1], z[n0:n1], temperature[n0:n1], top_k[n0:n1], top_p[n0:n1],
+                 key[n0:n1], counter[n0:n1], logits[n0:n1], p[n0:n1], order[n0:n1],
+                 logp[n0:n1])
+        return
     for layer in range(U.shape[0]):
-        for part in nb.prange(bounds.shape[0] - 1):
+        for part in nb.prange(parts):
             advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z)
-    for n in range(x.shape[0]):
+    for n in range(B):
         finish(n, Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p,
                order, logp)
 
