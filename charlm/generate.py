@@ -109,6 +109,14 @@ class Completion(NamedTuple):
     seed: int
 
 
+class Primed(NamedTuple):
+    """A stream's state after reading a prompt, away from any batch (PackedModel.read)."""
+
+    x: int  # the prompt's last character, which the first step feeds (-1: empty prompt)
+    h: np.ndarray  # (L, H)
+    c: np.ndarray  # (L, H), or (L, 0) for cells without a cell state
+
+
 @dataclass
 class Distribution:
     """The next-character distribution after a prompt."""
@@ -236,6 +244,25 @@ class PackedModel:
             raise CharlmError(f"the prompt has characters that are not in the vocabulary: "
                               f"{listed} (drop them with drop_unknown)")
         return np.array([self.stoi[ch] for ch in text if ch in self.stoi], np.int64)
+
+    def read(self, prompt: str, drop_unknown: bool = False) -> Primed:
+        """Read prompt on the calling thread, with the serial kernel (which releases the GIL).
+
+        A server reads each request's prompt on the request's own thread and hands the
+        result to Batch.add, so a long prompt never holds up the streams already running.
+        The state is the one Batch.add(prompt) would reach, bit for bit.
+        """
+        idx = self.encode(prompt, drop_unknown)
+        cfg = self.config
+        L, H = cfg.n_layer, cfg.n_hidden
+        GH = CELLS[cfg.cell].blocks * H
+        f32 = np.float32
+        x = np.zeros(1, np.int64)
+        h, h_new = np.zeros((1, L, H), f32), np.zeros((1, L, H), f32)
+        c = np.zeros((1, L, H if CELLS[cfg.cell].has_c else 0), f32)
+        z = np.zeros((1, 2 * GH if cfg.cell == "gru" else GH), f32)
+        S.prime(*self.weights, self.bounds, idx, x, h, c, h_new, z)
+        return Primed(int(x[0]), h[0], c[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,14 +408,17 @@ class Batch:
     def __contains__(self, sid: int) -> bool:
         return sid in self._streams
 
-    def add(self, prompt: str = "", settings: SampleSettings | None = None,
+    def add(self, prompt: str | Primed = "", settings: SampleSettings | None = None,
             drop_unknown: bool = False) -> int:
         """Add a stream that has read prompt; start it with settings (or later with start()).
 
         Raises CharlmError for characters outside the vocabulary (unless drop_unknown) before
-        anything changes. The prompt is read now, in one kernel call.
+        anything changes. The prompt is read now, in one kernel call, unless it was read
+        already (a Primed from PackedModel.read): then its state is copied in.
         """
-        idx = self.packed.encode(prompt, drop_unknown)
+        primed = prompt if isinstance(prompt, Primed) else None
+        if primed is None:
+            idx = self.packed.encode(prompt, drop_unknown)
         if len(self._at) == self._capacity:
             self._grow(2 * self._capacity)
         slot = len(self._at)
@@ -397,11 +427,14 @@ class Batch:
         self._streams[s.id] = s
         self._at.append(s)
         one = slice(slot, slot + 1)
-        self.h[one] = 0
-        self.c[one] = 0
-        prime = S.prime_threads if self._threaded else S.prime
-        prime(*self.packed.weights, self.packed.bounds, idx, self.x[one], self.h[one],
-              self.c[one], self.h_new[one], self.z[one])
+        if primed is not None:
+            self.x[slot], self.h[slot], self.c[slot] = primed
+        else:
+            self.h[one] = 0
+            self.c[one] = 0
+            prime = S.prime_threads if self._threaded else S.prime
+            prime(*self.packed.weights, self.packed.bounds, idx, self.x[one], self.h[one],
+                  self.c[one], self.h_new[one], self.z[one])
         if settings is not None:
             self.start(s.id, settings)
         return s.id

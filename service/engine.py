@@ -10,7 +10,7 @@ import queue
 import threading
 from collections.abc import Sequence
 
-from charlm.generate import Batch, PackedModel, SampleSettings, Token
+from charlm.generate import Batch, PackedModel, Primed, SampleSettings, Token
 
 log = logging.getLogger(__name__)
 
@@ -18,11 +18,15 @@ log = logging.getLogger(__name__)
 class Job:
     """One request's stream: what it asked for, and the queue its characters arrive on.
 
+    prompt is best read beforehand (PackedModel.read, on the caller's thread): a str prompt is
+    read by the engine's thread, and every running stream waits for it.
+
     Each queue item is (tokens, finish_reason, error): tokens released by a step, the reason
     when the stream has ended, or an error message in place of both.
     """
 
-    def __init__(self, prompt: str, settings: SampleSettings, drop_unknown: bool = False) -> None:
+    def __init__(self, prompt: str | Primed, settings: SampleSettings,
+                 drop_unknown: bool = False) -> None:
         self.prompt, self.settings, self.drop_unknown = prompt, settings, drop_unknown
         self.out: queue.SimpleQueue = queue.SimpleQueue()
         self.sid: int | None = None  # the stream's id in the batch, once admitted

@@ -51,7 +51,14 @@ class Run:
         self._tail = ""
         self._closed = False
         slots.take()
-        self.job = served.engine.submit(Job(prompt, settings, drop_unknown))
+        try:
+            # read here, on the request's thread: the engine's thread, which steps every
+            # stream, then only copies the state in, however long the prompt
+            primed = served.packed.read(prompt, drop_unknown)
+        except BaseException:
+            slots.give()
+            raise
+        self.job = served.engine.submit(Job(primed, settings))
 
     def chunks(self) -> Iterator[list[Token]]:
         """Lists of new tokens as they come (the last may be empty: the end came without one);

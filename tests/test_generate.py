@@ -299,6 +299,25 @@ def test_batched_equals_single_stream(model, threads):
     assert reasons[3] == "stop"
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_prompt_read_apart_continues_as_one_read_in_the_batch(cell):
+    model = make_model(cell=cell)
+    packed = PackedModel(model, ITOS, threads=2)
+    settings = SampleSettings(temperature=0.9, seed=5, max_new_chars=30)
+    for prompt in (PROMPT, ""):
+        primed = packed.read(prompt)
+        assert primed.x == (ITOS.index(prompt[-1]) if prompt else -1)
+        batch = Batch(packed)
+        batch.add("ab", settings)  # a neighbour, so the stream is not alone
+        sid = batch.add(primed, settings)
+        tokens = []
+        while sid in batch.running:
+            for ev in batch.step():
+                if ev.stream == sid:
+                    tokens.extend(ev.tokens)
+        assert tokens == Generator(model, ITOS, threads=1).complete(prompt, settings).tokens
+
+
 @pytest.mark.parametrize("n_layer, n_hidden", [(1, 20), (3, 40), (2, 64)])
 def test_threads_do_not_change_results(n_layer, n_hidden, monkeypatch):
     model = make_model(n_layer=n_layer, n_hidden=n_hidden)

@@ -330,6 +330,23 @@ def test_concurrent_requests_repeat_what_they_do_alone(app):
     assert together == alone
 
 
+def test_prompts_are_read_on_the_request_thread_not_the_engines(app, monkeypatch):
+    """The engine's thread steps every stream: reading a long prompt there would stall them."""
+    import charlm.sampling as S
+
+    readers = []
+    for name in ("prime", "prime_threads"):
+        kernel = getattr(S, name)
+        monkeypatch.setattr(S, name, lambda *a, k=kernel: (
+            readers.append((threading.current_thread().name, len(a[7]))), k(*a))[1])
+    prompt = "abcdefgh " * 20
+    out = app.test_client().post("/generate", json={
+        "inputs": prompt, "parameters": {"max_new_tokens": 5}}).json
+    assert len(out["generated_text"]) == 5
+    assert [n for _, n in readers] == [len(prompt)]
+    assert not readers[0][0].startswith("charlm-engine")
+
+
 def test_unknown_characters_can_be_dropped(checkpoint_dir):
     from service import create_app
 
