@@ -61,6 +61,8 @@ def train(
     dropout: Annotated[float, typer.Option(min=0.0, max=0.95,
                                            help="Dropout between layers and before the head.")
                        ] = 0.1,
+    forget_bias: Annotated[float, typer.Option(
+        help="The forget gate's bias at init (lstm, peephole, coupled).")] = 1.0,
     seq_len: Annotated[int, typer.Option(min=1, help="Characters per window (BPTT length).")
                        ] = 100,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams through the text.")
@@ -105,7 +107,7 @@ def train(
     from charlm.model import ModelConfig
 
     model_cfg = ModelConfig(n_embd=n_embd, n_hidden=n_hidden, n_layer=n_layer, dropout=dropout,
-                            dtype=dtype, cell=cell)
+                            dtype=dtype, cell=cell, forget_bias=forget_bias)
     from charlm.run import run_training
 
     # on --resume, options left at their defaults take the checkpoint's values

@@ -6,6 +6,7 @@ All parameters live in one flat vector `theta` (and their gradients in `grad`), 
 named view per tensor, so the optimizer and clipping are single passes over memory.
 """
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -21,7 +22,7 @@ class Cell:
     blocks: int  # gate blocks side by side in W, U and b
     gates: tuple[str, ...]  # the gates the forward pass leaves in Z, block by block
     has_c: bool  # keeps a cell state c besides h
-    forget: int | None = None  # the block whose bias starts at 1 (remember by default)
+    forget: int | None = None  # the block whose bias starts at forget_bias (remember)
 
 
 CELLS = {
@@ -42,6 +43,7 @@ class ModelConfig:
     dropout: float = 0.1  # between layers and before the head, training only
     dtype: str = "float32"  # float64 for gradient checks
     cell: str = "lstm"  # the recurrent cell: lstm | gru | rnn | peephole | coupled
+    forget_bias: float = 1.0  # the forget gate's bias at init: 1 remembers by default
 
     def validate(self) -> None:
         for name in ("vocab_size", "n_embd", "n_hidden", "n_layer"):
@@ -51,6 +53,8 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if not math.isfinite(self.forget_bias):
+            raise ValueError(f"forget_bias must be a finite number, got {self.forget_bias}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
@@ -154,7 +158,7 @@ class CharLSTM:
 
     def init_params(self, rng: np.random.Generator) -> None:
         """Uniform(+-1/sqrt(H)) weights as torch's nn.LSTM, N(0, 1) embedding, zero biases
-        but the forget gate's, which is 1 (lstm, peephole, coupled)."""
+        but the forget gate's, which is forget_bias (lstm, peephole, coupled)."""
         H = self.config.n_hidden
         k = 1.0 / np.sqrt(H)
         for name, p in self.params.items():
@@ -170,7 +174,7 @@ class CharLSTM:
             b[:] = 0
             if forget is not None:
                 # remember by default until the gradient says otherwise
-                b[forget * H : (forget + 1) * H] = 1.0
+                b[forget * H : (forget + 1) * H] = self.config.forget_bias
 
     def zero_state(self, B: int) -> State:
         L, H = self.config.n_layer, self.config.n_hidden

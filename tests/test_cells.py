@@ -44,6 +44,11 @@ def test_shapes_and_initialisation():
         b = model.params["b0"].reshape(G, H)
         for k in range(G):  # the forget gate's bias starts at 1, every other bias at 0
             assert np.all(b[k] == (1.0 if k == spec.forget else 0.0)), (cell, k)
+        other = CharLSTM(ModelConfig(vocab_size=V, n_embd=E, n_hidden=H, cell=cell,
+                                     forget_bias=-2.0))
+        for k in range(G):
+            assert np.all(other.params["b1"].reshape(G, H)[k] ==
+                          (-2.0 if k == spec.forget else 0.0)), (cell, k)
         state = model.zero_state(3)
         assert state.h.shape == (2, 3, H) and state.c.shape == (2, 3, H if spec.has_c else 0)
     n = {cell: CharLSTM(ModelConfig(vocab_size=V, n_embd=E, n_hidden=H, cell=cell)).n_params

@@ -100,12 +100,27 @@ def test_encoding_errors_replace_goes_on(tmp_path):
     ("--batch-size", "0", r"batch-size"),
     ("--encoding-errors", "ignore", r"encoding-errors"),
     ("--dtype", "float16", r"dtype"),
+    ("--forget-bias", "nan", r"forget_bias"),
 ])
 def test_train_rejects_bad_options(tmp_path, option, value, pattern):
     corpus = tmp_path / "c.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     one_line_error(invoke("train", str(corpus), *TINY, option, value, "--out",
                           str(tmp_path / "ck")), pattern)
+
+
+def test_forget_bias_option_sets_the_initial_forget_gate(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    r = invoke("train", str(corpus), *TINY, "--forget-bias", "-0.5", "--max-steps", "1",
+               "--out", str(tmp_path / "ck"))
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(tmp_path / "ck" / "latest.npz")
+    assert ck.config.forget_bias == -0.5  # recorded, so the run can be told apart
+    H = ck.config.n_hidden
+    b = ck.model().params["b0"]
+    # one Adam step moves each bias by about lr at most: f's block is near -0.5, i's near 0
+    assert np.allclose(b[H : 2 * H], -0.5, atol=0.05) and np.allclose(b[:H], 0, atol=0.05)
 
 
 @pytest.mark.parametrize("corrupt", ["truncate", "text", "flip"])
