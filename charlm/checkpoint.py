@@ -24,6 +24,7 @@ from charlm.model import CharLSTM, ModelConfig, param_shapes
 FORMAT = "charlm-checkpoint"
 VERSION = 1
 META = "__meta__"
+ADDED_CONFIG = ("forget_bias",)  # ModelConfig fields newer than VERSION 1's first checkpoints
 LATEST, BEST = "latest.npz", "best.npz"  # the trainer's two checkpoints in its output directory
 
 # what the trainer records; a key it leaves out is saved with this default
@@ -262,6 +263,8 @@ def _config(d: object) -> ModelConfig:
     if not isinstance(d, dict):
         raise _ContentError("has an invalid config (not an object)")
     known = {f.name: f for f in fields(ModelConfig)}
+    # fields added since format 1: a checkpoint from before them was made with the default
+    d = {**{name: known[name].default for name in ADDED_CONFIG if name not in d}, **d}
     missing, extra = sorted(known.keys() - d.keys()), sorted(d.keys() - known.keys())
     if missing:
         raise _ContentError(f"has an invalid config (no {', '.join(missing)})")

@@ -228,6 +228,8 @@ def test_not_checkpoints(tmp_path):
     (lambda a, m: m["config"].update(n_layer=True), "invalid config (n_layer is True)"),
     (lambda a, m: m["config"].pop("n_hidden"), "invalid config (no n_hidden)"),
     (lambda a, m: m["config"].update(colour="red"), "invalid config (unknown colour)"),
+    (lambda a, m: m["config"].update(forget_bias="1"), "invalid config (forget_bias is '1')"),
+    (lambda a, m: m["config"].update(forget_bias=float("inf")), "forget_bias must be a finite"),
     (lambda a, m: m.update(config=[1, 2]), "invalid config (not an object)"),
     (lambda a, m: m.update(vocab=list("abcd")), "vocab of 4 characters for vocab_size 5"),
     (lambda a, m: m.update(vocab=list("abcdd")), "'d' in it more than once"),
@@ -255,6 +257,13 @@ def test_bad_contents(saved, change, fragment):
     path = saved[0]
     rewrite(path, change)
     expect_error(path, fragment)
+
+
+def test_a_checkpoint_from_before_forget_bias_loads_with_the_default(saved):
+    path = saved[0]
+    rewrite(path, lambda a, m: m["config"].pop("forget_bias"))
+    assert load_checkpoint(path).config.forget_bias == 1.0  # what such models were made with
+    assert load_checkpoint(Path(__file__).parent.parent / "checkpoints" / "default.npz")
 
 
 def test_unreadable_metadata(saved):
