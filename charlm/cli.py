@@ -62,7 +62,8 @@ def train(
                                            help="Dropout between layers and before the head.")
                        ] = 0.1,
     forget_bias: Annotated[float, typer.Option(
-        help="The forget gate's bias at init (lstm, peephole, coupled).")] = 1.0,
+        help="The forget gate's bias at init (lstm, peephole, coupled): 0 learns faster in "
+             "runs of minutes; 1, the engine's default, remembers from the start.")] = 0.0,
     seq_len: Annotated[int, typer.Option(min=1, help="Characters per window (BPTT length).")
                        ] = 100,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams through the text.")

@@ -109,6 +109,13 @@ def test_train_rejects_bad_options(tmp_path, option, value, pattern):
                           str(tmp_path / "ck")), pattern)
 
 
+def test_train_starts_the_forget_bias_at_0_and_the_engine_at_1(trained):
+    from charlm.model import ModelConfig
+
+    assert load_checkpoint(trained / "ck" / "latest.npz").config.forget_bias == 0.0
+    assert ModelConfig().forget_bias == 1.0
+
+
 def test_forget_bias_option_sets_the_initial_forget_gate(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(TEXT, encoding="utf-8")
