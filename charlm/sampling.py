@@ -504,8 +504,8 @@ def step_threads(kind, EW, U, W, b, P, Wy, by, bounds, x, h, c, h_new, z, temper
                  top_p, key, counter, logits, p, order, logp):
     """step on one thread per part: parts of the streams, or of each layer's units.
 
-    With a stream or two per thread, each thread takes a group of streams through the whole
-    step, layers, head and draw: one fork-join per step and nothing serial. With fewer, the
+    With two streams or more per thread, each thread takes a group of streams through the
+    whole step, layers, head and draw: one fork-join per step and nothing serial. With fewer, the
     units of each layer are split instead (each thread reads its own part of the weights,
     which is what bounds a single stream), and the head stays serial.
     """
