@@ -223,6 +223,10 @@ class PackedModel:
         self.Wy = np.ascontiguousarray(p["Wy"])
         self.by = np.ascontiguousarray(p["by"])
         self.kind = S.KINDS[cfg.cell]
+        # per stream: cell-state units (gru and rnn keep none), and the step's accumulators z
+        # (the GRU keeps x W + b and h U apart, twice the gate columns)
+        self.c_units = H if CELLS[cfg.cell].has_c else 0
+        self.z_width = (2 if cfg.cell == "gru" else 1) * G * H
         self.weights = (self.kind, self.EW, self.U, self.W, self.b, self.P)
         self.head = (self.Wy, self.by)
         self._step = S.step_threads if self.threads > 1 else S.step
@@ -253,14 +257,12 @@ class PackedModel:
         The state is the one Batch.add(prompt) would reach, bit for bit.
         """
         idx = self.encode(prompt, drop_unknown)
-        cfg = self.config
-        L, H = cfg.n_layer, cfg.n_hidden
-        GH = CELLS[cfg.cell].blocks * H
+        L, H = self.config.n_layer, self.config.n_hidden
         f32 = np.float32
         x = np.zeros(1, np.int64)
         h, h_new = np.zeros((1, L, H), f32), np.zeros((1, L, H), f32)
-        c = np.zeros((1, L, H if CELLS[cfg.cell].has_c else 0), f32)
-        z = np.zeros((1, 2 * GH if cfg.cell == "gru" else GH), f32)
+        c = np.zeros((1, L, self.c_units), f32)
+        z = np.zeros((1, self.z_width), f32)
         S.prime(*self.weights, self.bounds, idx, x, h, c, h_new, z)
         return Primed(int(x[0]), h[0], c[0])
 
@@ -354,11 +356,9 @@ class Batch:
         """(Re)allocate every per-slot array for capacity streams, keeping the streams' state."""
         cfg = self.packed.config
         L, H, V = cfg.n_layer, cfg.n_hidden, self.packed.vocab_size
-        GH = CELLS[cfg.cell].blocks * H
-        Hc = H if CELLS[cfg.cell].has_c else 0  # gru and rnn have no cell state
         f32 = np.float32
         # per-stream state, which moves with its stream when slots are reordered
-        state = {"x": ((), np.int64), "h": ((L, H), f32), "c": ((L, Hc), f32),
+        state = {"x": ((), np.int64), "h": ((L, H), f32), "c": ((L, self.packed.c_units), f32),
                  "temperature": ((), np.float64), "top_k": ((), np.int64),
                  "top_p": ((), np.float64), "key": ((), np.uint64), "counter": ((), np.uint64)}
         for name, (shape, dtype) in state.items():
@@ -369,7 +369,7 @@ class Batch:
         self._state_names = tuple(state)
         # per-step outputs and workspaces
         self.h_new = np.zeros((capacity, L, H), f32)
-        self.z = np.zeros((capacity, 2 * GH if cfg.cell == "gru" else GH), f32)  # gru: x, h
+        self.z = np.zeros((capacity, self.packed.z_width), f32)
         self.logits = np.zeros((capacity, V), f32)
         self.p = np.zeros((capacity, V), np.float64)
         self.order = np.zeros((capacity, V), np.int64)

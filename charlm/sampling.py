@@ -284,6 +284,25 @@ def rnn_cell(z, h_new, u0, u1):
 
 
 @nb.njit(**MATVEC)
+def add_input(layer, part, EW, W, b, x, h_new, z, j0, j1):
+    r"""z[:, j0:j1] = the input part of this layer's gates, for columns j0 .. j1 of one part.
+
+    .. math::  z^0 = (E W_0 + b_0)[x]  \qquad  z^l = b_l + h^{l-1}_{new} W_l
+
+    Streams without an input (x[n] < 0) keep whatever z held: their sums go unused.
+    """
+    for n in range(x.shape[0]):
+        if x[n] < 0:
+            continue
+        if layer == 0:
+            z[n, j0:j1] = EW[x[n], j0:j1]
+        else:
+            z[n, j0:j1] = b[layer - 1, j0:j1]
+    if layer > 0:
+        add_rows(h_new[:, layer - 1], W[layer - 1, part], z, j0, j1 - j0)
+
+
+@nb.njit(**MATVEC)
 def advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z):
     r"""One part of one layer (units u0 .. u1) for every stream with an input (x[n] >= 0).
 
@@ -303,15 +322,7 @@ def advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z):
     u0, u1 = bounds[part], bounds[part + 1]
     G = EW.shape[1] // h.shape[2]  # gate blocks: 4 for an LSTM
     j0, j1 = G * u0, G * u1
-    for n in range(x.shape[0]):
-        if x[n] < 0:
-            continue
-        if layer == 0:
-            z[n, j0:j1] = EW[x[n], j0:j1]
-        else:
-            z[n, j0:j1] = b[layer - 1, j0:j1]
-    if layer > 0:
-        add_rows(h_new[:, layer - 1], W[layer - 1, part], z, j0, j1 - j0)
+    add_input(layer, part, EW, W, b, x, h_new, z, j0, j1)
     add_rows(h[:, layer], U[layer, part], z, j0, j1 - j0)
     for n in range(x.shape[0]):
         if x[n] < 0:
@@ -333,16 +344,8 @@ def advance_gru(layer, part, bounds, EW, U, W, b, P, x, h, h_new, z):
     u0, u1 = bounds[part], bounds[part + 1]
     GH = EW.shape[1]  # 3H: where the h U half starts
     j0, j1 = 3 * u0, 3 * u1
-    for n in range(x.shape[0]):
-        if x[n] < 0:
-            continue
-        if layer == 0:
-            z[n, j0:j1] = EW[x[n], j0:j1]
-        else:
-            z[n, j0:j1] = b[layer - 1, j0:j1]
-        z[n, GH + j0 : GH + j1] = 0
-    if layer > 0:
-        add_rows(h_new[:, layer - 1], W[layer - 1, part], z, j0, j1 - j0)
+    add_input(layer, part, EW, W, b, x, h_new, z, j0, j1)
+    z[:, GH + j0 : GH + j1] = 0
     add_rows(h[:, layer], U[layer, part], z, GH + j0, j1 - j0)
     for n in range(x.shape[0]):
         if x[n] >= 0:
