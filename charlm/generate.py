@@ -206,12 +206,12 @@ class PackedModel:
         perm = S.block_columns(H, G)
         # x_t = E[idx], so layer 0's input part x_t W0 + b0 is a row of E W0 + b0
         self.EW = np.ascontiguousarray((p["E"] @ p["W0"] + p["b0"])[:, perm])
-        self.U = np.stack([S.pack_slabs(p[f"U{l}"][:, perm], self.bounds, G) for l in range(L)])
+        self.U = np.stack([S.pack_panels(p[f"U{l}"][:, perm], self.bounds, G) for l in range(L)])
         # layers above the first: input weights and biases (none for a single layer)
         self.W = np.zeros((L - 1, *self.U.shape[1:]), np.float32)
         self.b = np.zeros((L - 1, G * H), np.float32)
         for l in range(1, L):
-            self.W[l - 1] = S.pack_slabs(p[f"W{l}"][:, perm], self.bounds, G)
+            self.W[l - 1] = S.pack_panels(p[f"W{l}"][:, perm], self.bounds, G)
             self.b[l - 1] = p[f"b{l}"][perm]
         # the cell's parameters per unit: peepholes, or the GRU's b_hn (none for the others)
         self.P = np.zeros((L, 3, H if cfg.cell in ("peephole", "gru") else 0), np.float32)
@@ -220,7 +220,7 @@ class PackedModel:
                 self.P[l] = p[f"P{l}"]
             if cfg.cell == "gru":
                 self.P[l, 0] = p[f"bh{l}"]
-        self.Wy = np.ascontiguousarray(p["Wy"])
+        self.Wy = S.as_panels(p["Wy"])
         self.by = np.ascontiguousarray(p["by"])
         self.kind = S.KINDS[cfg.cell]
         # per stream: cell-state units (gru and rnn keep none), and the step's accumulators z

@@ -1,18 +1,16 @@
 """Numba kernels for generation: one step of a batch of streams, the head, and the draw.
 
-Written for latency at batch size 1, where a step is bound by reading the weights once:
-
 - the weights are packed once (see generate.PackedModel): layer 0's input part is the table
   E W0 + b0 (one row per character), and each layer's G*H columns (G gate blocks: 4 for an
   LSTM) are regrouped into blocks of BLOCK units holding [i | f | g | o] of those units, so a
-  run of columns is a set of whole units that a thread can finish (matrix-vector product and
-  cell) without the others;
+  run of columns is a set of whole units that a thread can finish (matrix product and cell)
+  without the others;
 - the units are split into parts, one per thread, and each part's columns of W and U are
-  stored as a slab of their own (pack_slabs): a thread reads one contiguous stretch of memory
-  (reading half of every row instead was 30-40 % slower, the prefetchers lose the stream);
-- the matrix-vector products are loops over rows of a slab (sequential reads), four rows per
-  pass over z, each row read once for every stream in the batch;
-- the `_threads` kernels run the parts of each layer concurrently (prange).
+  stored as panels of 16 columns, each a contiguous (K, 16) block (pack_panels);
+- the matrix products run on tiles.tile, which keeps a few streams' sums over a few panels
+  in registers while k runs over the whole of K: a panel is read from memory once for all
+  the streams of a step;
+- the `_threads` kernels run groups of streams, or the parts of each layer, concurrently.
 
 Every cell of model.CELLS runs through the same kernels: `kind` picks the cell function per
 part, outside the loops over units (the GRU has its own advance_gru).
@@ -27,6 +25,7 @@ import numba as nb
 import numpy as np
 
 from charlm.kernels import ONE, sigmoid, tanh
+from charlm.tiles import PANEL, fma, tile, tile_shape
 
 BLOCK = 16  # units per gate block of the packed columns: two float32 vectors of each gate
 # the cells, as the step kernels know them (kind is a run-time argument: one compiled kernel)
@@ -73,16 +72,24 @@ def unit_bounds(H: int, parts: int) -> np.ndarray:
     return np.array(cuts, np.int64)
 
 
-def pack_slabs(M: np.ndarray, bounds: np.ndarray, G: int = 4) -> np.ndarray:
-    """(K, G*H) packed columns -> (P, K, C) slabs: part p's columns G u0 .. G u1 in slab p.
+def as_panels(M: np.ndarray, n_panels: int | None = None) -> np.ndarray:
+    """(K, W) -> (n_panels, K, PANEL): M's columns in contiguous panels of PANEL, the layout
+    tiles.tile reads; columns past W (a last partial panel, or whole panels up to n_panels)
+    are zeros that are never read."""
+    K, W = M.shape
+    n_panels = max(-(-W // PANEL), 1) if n_panels is None else n_panels
+    padded = np.zeros((K, n_panels * PANEL), np.float32)
+    padded[:, :W] = M
+    return np.ascontiguousarray(padded.reshape(K, n_panels, PANEL).transpose(1, 0, 2))
 
-    C is the widest part's width; narrower parts are padded with zeros that are never read.
-    """
+
+def pack_panels(M: np.ndarray, bounds: np.ndarray, G: int = 4) -> np.ndarray:
+    """(K, G*H) packed columns -> (P, n_panels, K, PANEL): part p's columns G u0 .. G u1 as
+    panels (see as_panels), as many for every part as the widest needs."""
     widths = G * np.diff(bounds)
-    slabs = np.zeros((len(widths), M.shape[0], max(widths.max(), 1)), np.float32)
-    for part, (u0, w) in enumerate(zip(bounds[:-1], widths, strict=True)):
-        slabs[part, :, :w] = M[:, G * u0 : G * u0 + w]
-    return slabs
+    n_panels = max(-(-int(widths.max()) // PANEL), 1)
+    return np.stack([as_panels(M[:, G * u0 : G * u0 + w], n_panels)
+                     for u0, w in zip(bounds[:-1], widths, strict=True)])
 
 
 MASK64 = (1 << 64) - 1
@@ -117,59 +124,40 @@ def uniform(key, counter):
 
 
 @nb.njit(**MATVEC)
-def add_rows(X, M, z, j0, width):
-    r"""z[n, j0:j0+width] += X[n] M[:, :width] for every stream n.
+def add_rows(X, Mp, z, j0, width):
+    r"""z[n, j0:j0+width] += X[n] M[:, :width] for every stream n, with M stored as panels.
 
-    .. math::  z_{n,j_0+j} \mathrel{+}= \sum_k X_{nk} M_{kj}  \quad \text{(summed in order of k)}
+    .. math::  z_{n,j_0+j} \mathrel{+}= \sum_k X_{nk} M_{kj}
+               \quad \text{(one fused multiply-add per k, in order of k)}
 
-    A loop over rows of M, four rows per pass over z, two streams at a time: each row is read
-    once for all streams, and each value read from it serves two streams (one stream at a
-    time, the loads of M and z, not the arithmetic, set the pace). A stream's sums come out
-    the same whether it is paired or not: only the order over k matters.
+    Whole panels go through tiles.tile, a block of streams and a few panels at a time,
+    panel by panel so that a panel stays in L1 while the blocks of streams take turns. The
+    columns of a last, partial panel are summed one at a time with the same chain of fmas,
+    so every element comes out the same whatever the batch and whichever path computes it.
 
     Parameters
     ----------
     X : (B, K) the inputs of the B streams (a strided view is fine: only scalars are read).
-    M : (K, C) a slab of weights, C-contiguous, C >= width.
-    z : (B, 4H) accumulators.
+    Mp : (n_panels, K, PANEL) the columns of a (K, width) matrix M (see pack_panels).
+    z : (B, *) accumulators, each row contiguous.
     """
     B, K = X.shape
-    k = 0
-    while k + 4 <= K:
-        m0, m1, m2, m3 = M[k, :width], M[k + 1, :width], M[k + 2, :width], M[k + 3, :width]
-        n = 0
-        while n + 2 <= B:
-            a0, a1, a2, a3 = X[n, k], X[n, k + 1], X[n, k + 2], X[n, k + 3]
-            b0, b1, b2, b3 = X[n + 1, k], X[n + 1, k + 1], X[n + 1, k + 2], X[n + 1, k + 3]
-            za, zb = z[n, j0 : j0 + width], z[n + 1, j0 : j0 + width]
-            for j in range(width):
-                w0, w1, w2, w3 = m0[j], m1[j], m2[j], m3[j]
-                za[j] = za[j] + a0 * w0 + a1 * w1 + a2 * w2 + a3 * w3
-                zb[j] = zb[j] + b0 * w0 + b1 * w1 + b2 * w2 + b3 * w3
-            n += 2
-        if n < B:  # the odd stream out
-            a0, a1, a2, a3 = X[n, k], X[n, k + 1], X[n, k + 2], X[n, k + 3]
-            za = z[n, j0 : j0 + width]
-            for j in range(width):
-                za[j] = za[j] + a0 * m0[j] + a1 * m1[j] + a2 * m2[j] + a3 * m3[j]
-        k += 4
-    while k < K:
-        m0 = M[k, :width]
+    r, q = tile_shape(B)
+    full = width // PANEL
+    for p0 in range(0, full, q):
+        p1 = min(p0 + q, full)
+        c0, c1 = j0 + PANEL * p0, j0 + PANEL * p1
+        for n in range(0, B, r):
+            tile(X[n : n + r], Mp[p0:p1], z[n : n + r, c0:c1])
+    if full * PANEL < width:
+        c0 = j0 + PANEL * full
+        M = Mp[full]
         for n in range(B):
-            a0 = X[n, k]
-            za = z[n, j0 : j0 + width]
-            for j in range(width):
-                za[j] = za[j] + a0 * m0[j]
-        k += 1
-
-
-@nb.njit(**MATVEC)
-def add_head(hv, Wy, z):
-    """z += hv Wy for one stream: the head, as a loop over rows of Wy (H, V)."""
-    for k in range(Wy.shape[0]):
-        a, w = hv[k], Wy[k]
-        for v in range(z.shape[0]):
-            z[v] = z[v] + a * w[v]
+            for j in range(width - PANEL * full):
+                acc = z[n, c0 + j]
+                for k in range(K):
+                    acc = fma(X[n, k], M[k, j], acc)
+                z[n, c0 + j] = acc
 
 
 @nb.njit(**MATVEC)
@@ -313,8 +301,8 @@ def advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z):
     then the cell of this kind (the GRU: see advance_gru). Reads h (the old state, every unit)
     and h_new[:, layer-1] (the layer below, complete); writes only z columns G u0 .. G u1 and
     c, h_new of units u0 .. u1, so the parts of a layer can run concurrently. The sums of a
-    stream without an input are computed too, and left unused: pairing streams in add_rows
-    pays more than skipping the rare empty prompt.
+    stream without an input are computed too, and left unused: keeping the batch whole for
+    the tiles pays more than skipping the rare empty prompt.
     """
     if kind == GRU:
         advance_gru(layer, part, bounds, EW, U, W, b, P, x, h, h_new, z)
@@ -449,9 +437,9 @@ def pick(p, total, best, top_k, top_p, u, order):
 
 
 @nb.njit(**EXACT)
-def finish(n, Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p, order,
+def finish(Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p, order,
            logp):
-    r"""Stream n after its layers: commit the new state, the head, and draw the next input.
+    r"""The streams after their layers: commit the new state, the head, and draw the next input.
 
     .. math::  z = h^{L-1} W_y + b_y, \qquad x \leftarrow \mathrm{draw}(z), \qquad
                \mathrm{logp} = \log \mathrm{softmax}(z)_x
@@ -459,14 +447,16 @@ def finish(n, Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logi
     A stream with x[n] < 0 had no input (an empty prompt): its state stays zero and the head
     reads it, so its first character comes from softmax(b_y / T).
     """
-    if x[n] >= 0:
-        h[n] = h_new[n]
-    z = logits[n]
-    z[:] = by
-    add_head(h[n, -1], Wy, z)
-    u = uniform(key[n], counter[n])
-    counter[n] += np.uint64(1)
-    x[n], logp[n] = draw(z, temperature[n], top_k[n], top_p[n], u, p[n], order[n])
+    B, V = logits.shape
+    for n in range(B):
+        if x[n] >= 0:
+            h[n] = h_new[n]
+        logits[n] = by
+    add_rows(h[:, -1], Wy, logits, 0, V)
+    for n in range(B):
+        u = uniform(key[n], counter[n])
+        counter[n] += np.uint64(1)
+        x[n], logp[n] = draw(logits[n], temperature[n], top_k[n], top_p[n], u, p[n], order[n])
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,10 +471,11 @@ def step(kind, EW, U, W, b, P, Wy, by, bounds, x, h, c, h_new, z, temperature, t
     Parameters
     ----------
     kind : the cell (LSTM, GRU, RNN, PEEPHOLE or COUPLED).
-    EW : (V, G*H) E W_0 + b_0, packed columns.  U : (L, P, H, C), W : (L-1, P, H, C) slabs
-    (see pack_slabs), b : (L-1, G*H) packed.  P : (L, 3, H) the cell's parameters per unit:
-    the peepholes p_i, p_f, p_o, or the GRU's b_hn in P[:, 0] (width 0 for the other cells).
-    Wy : (H, V), by : (V,) the head.
+    EW : (V, G*H) E W_0 + b_0, packed columns.  U : (L, P, n_panels, H, 16), W : (L-1, ...)
+    the parts' panels (see pack_panels), b : (L-1, G*H) packed.  P : (L, 3, H) the cell's
+    parameters per unit: the peepholes p_i, p_f, p_o, or the GRU's b_hn in P[:, 0] (width 0
+    for the other cells).
+    Wy : (n_panels, H, 16) the head's weights as panels (see as_panels), by : (V,) its bias.
     bounds : (P+1,) unit boundaries of the parts (see unit_bounds).
     x : (B,) in: each stream's input character (-1: none, start from the zero state);
         out: the character drawn, which is the next input.
@@ -497,9 +488,7 @@ def step(kind, EW, U, W, b, P, Wy, by, bounds, x, h, c, h_new, z, temperature, t
     for layer in range(U.shape[0]):
         for part in range(bounds.shape[0] - 1):
             advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z)
-    for n in range(x.shape[0]):
-        finish(n, Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p,
-               order, logp)
+    finish(Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p, order, logp)
 
 
 @nb.njit(parallel=True, **EXACT)
@@ -524,9 +513,7 @@ def step_threads(kind, EW, U, W, b, P, Wy, by, bounds, x, h, c, h_new, z, temper
     for layer in range(U.shape[0]):
         for part in nb.prange(parts):
             advance(kind, layer, part, bounds, EW, U, W, b, P, x, h, c, h_new, z)
-    for n in range(B):
-        finish(n, Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p,
-               order, logp)
+    finish(Wy, by, x, h, h_new, temperature, top_k, top_p, key, counter, logits, p, order, logp)
 
 
 @nb.njit(**EXACT)
@@ -567,10 +554,10 @@ def warmup() -> None:
     L, H, V, B = 2, 4, 3, 1
     f32 = np.float32
     # one compiled kernel serves every cell (kind is an argument): warm it with the LSTM
-    weights = (LSTM, np.zeros((V, 4 * H), f32), np.zeros((L, 1, H, 4 * H), f32),
-               np.zeros((L - 1, 1, H, 4 * H), f32), np.zeros((L - 1, 4 * H), f32),
+    weights = (LSTM, np.zeros((V, 4 * H), f32), np.zeros((L, 1, 1, H, PANEL), f32),
+               np.zeros((L - 1, 1, 1, H, PANEL), f32), np.zeros((L - 1, 4 * H), f32),
                np.zeros((L, 3, 0), f32))
-    head = (np.zeros((H, V), f32), np.zeros(V, f32))
+    head = (as_panels(np.zeros((H, V), f32)), np.zeros(V, f32))
     bounds = unit_bounds(H, 1)
     x = np.zeros(B, np.int64)
     state = (np.zeros((B, L, H), f32), np.zeros((B, L, H), f32), np.zeros((B, L, H), f32),
