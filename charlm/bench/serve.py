@@ -1,20 +1,20 @@
 """`charlm bench serve`: the HTTP service under gunicorn on loopback, at 1, 8 and 32 streams.
 
 Reports the time to first character (request sent to first event read), chars/s per stream,
-and total chars/s. The clients are threads of this process on the same machine, so on a
-small machine they take some of the CPU the server would otherwise have.
+and total chars/s. The clients are sockets of this process, driven by one thread on the same
+machine, so on a small machine they take some of the CPU the server would otherwise have.
 """
 
 import http.client
 import json
 import os
+import selectors
 import signal
 import socket
 import statistics
 import string
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -94,61 +94,84 @@ class Server:
             self.proc.kill()
 
 
-def one_stream(port: int, body: bytes) -> tuple[float, float, int]:
-    """Stream one /generate_stream; (seconds to first event, seconds to the end, events).
+class Stream:
+    """One /generate_stream request on a non-blocking socket, read as its bytes arrive."""
 
-    Counts events in raw reads rather than parsing each, to keep the client light."""
-    t0 = time.perf_counter()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request("POST", "/generate_stream", body, {"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        if resp.status != 200:
-            raise CharlmError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
-        first, n, tail = None, 0, b""
-        while True:
-            data = resp.read1(65536)
-            if not data:
-                break
-            if first is None and b"data: " in data:
-                first = time.perf_counter() - t0
-            # an event may straddle two reads: count on the text joined to the last bytes
-            joined = tail + data
-            n += joined.count(b"data: ") - tail.count(b"data: ")
-            tail = joined[-8:]
-        return first, time.perf_counter() - t0, n
-    finally:
-        conn.close()
+    def __init__(self, port: int, body: bytes) -> None:
+        self.request = (f"POST /generate_stream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                        f"Connection: close\r\n\r\n").encode() + body
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        self.head = b""  # the response's status line and headers, until they are complete
+        self.tail = b""  # the last bytes of the body: an event marker may straddle two reads
+        self.events = 0
+        self.t0 = self.first = self.end = 0.0
+
+    def send(self, blocking: bool) -> None:
+        self.t0 = time.perf_counter()
+        self.sock.sendall(self.request)
+        self.sock.setblocking(blocking)
+
+    def read(self) -> bool:
+        """Take what has arrived; False once the server has closed the connection."""
+        data = self.sock.recv(1 << 16)
+        if not data:
+            self.end = time.perf_counter()
+            self.sock.close()
+            if not self.head.startswith(b"HTTP/1.1 200"):
+                raise CharlmError(f"the server answered {self.head[:200]!r}")
+            return False
+        if not self.head.endswith(b"\r\n\r\n"):
+            self.head += data
+            if b"\r\n\r\n" not in self.head:
+                return True
+            self.head, data = self.head.split(b"\r\n\r\n", 1)
+            self.head += b"\r\n\r\n"
+        joined = self.tail + data
+        n = joined.count(b"data: ") - self.tail.count(b"data: ")
+        if n and not self.events:
+            self.first = time.perf_counter()
+        self.events += n
+        self.tail = joined[-8:]
+        return True
 
 
 def level(port: int, streams: int, chars: int, seed: int, prompt: str) -> dict:
-    """streams clients at once, each streaming `chars` characters; their figures together."""
-    results: list = [None] * streams
-    barrier = threading.Barrier(streams + 1)
+    """streams clients at once, each streaming `chars` characters; their figures together.
 
-    def client(k: int) -> None:
+    One thread drives every connection through a selector and counts events in the raw bytes
+    rather than parsing each: the client shares the machine's cores with the server, so it
+    should take as little of them as it can.
+    """
+    clients = []
+    for k in range(streams):
         body = json.dumps({"inputs": prompt, "parameters": {
             "max_new_tokens": chars, "do_sample": True, "temperature": 0.8,
             "seed": seed + k}}).encode()
-        barrier.wait()
-        try:
-            results[k] = one_stream(port, body)
-        except Exception as e:  # reported below, from the calling thread
-            results[k] = e
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(streams)]
-    for t in threads:
-        t.start()
-    barrier.wait()
+        clients.append(Stream(port, body))
     t0 = time.perf_counter()
-    for t in threads:
-        t.join()
+    if streams == 1:  # blocking reads: waiting in select as well would cost a system call
+        clients[0].send(blocking=True)
+        while clients[0].read():
+            pass
+    else:
+        with selectors.DefaultSelector() as sel:
+            for c in clients:
+                c.send(blocking=False)
+                sel.register(c.sock, selectors.EVENT_READ, c)
+            while sel.get_map():
+                ready = sel.select(timeout=60)
+                if not ready:
+                    raise CharlmError(f"no byte for 60 s at {streams} streams")
+                for key, _ in ready:
+                    if not key.data.read():
+                        sel.unregister(key.fileobj)
     wall = time.perf_counter() - t0
-    for r in results:
-        if isinstance(r, Exception) or r is None or r[2] != chars:
-            raise CharlmError(f"a stream at {streams} streams did not complete: {r}")
-    return {"ttfc": [r[0] for r in results],
-            "per_stream": [chars / r[1] for r in results],
+    for c in clients:
+        if c.events != chars:
+            raise CharlmError(f"a stream at {streams} streams sent {c.events} events, not {chars}")
+    return {"ttfc": [c.first - c.t0 for c in clients],
+            "per_stream": [chars / (c.end - c.t0) for c in clients],
             "total": streams * chars / wall}
 
 
