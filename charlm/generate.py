@@ -345,8 +345,10 @@ class Batch:
         self._next_id = 0
         self._finished: list[Event] = []  # streams that finished before their first step
         self._args: tuple | None = None
-        # seconds per step of the serial and the threaded kernel (moving averages; 0: unknown)
-        self._seconds = [0.0, 0.0]
+        # seconds per stream-step of the serial and the threaded kernel, by batch size in
+        # powers of two: a step takes longer with more streams, so only like is compared with
+        # like (moving averages; 0: unknown)
+        self._seconds: dict[int, list[float]] = {}
         self._threaded = packed.threads > 1
         self._since_probe = 0
         self._probe_every = PROBE_EVERY
@@ -506,18 +508,20 @@ class Batch:
         if self.packed.threads == 1:
             S.step(*args)
             return
+        B = self._n_running
+        seconds = self._seconds.setdefault(B.bit_length(), [0.0, 0.0])
         threaded = self._threaded
         self._since_probe += 1
-        probe = self._since_probe >= self._probe_every or not self._seconds[not threaded]
+        probe = self._since_probe >= self._probe_every or not seconds[not threaded]
         if probe:
             threaded, self._since_probe = not threaded, 0  # measure the other one
         t0 = time.perf_counter()
         (S.step_threads if threaded else S.step)(*args)
-        dt = time.perf_counter() - t0
+        dt = (time.perf_counter() - t0) / B
         # a fast step shows what the kernel can do at once; slow ones count in gradually
-        avg = self._seconds[threaded]
-        self._seconds[threaded] = min(dt, 0.75 * avg + 0.25 * dt) if avg else dt
-        was, self._threaded = self._threaded, self._seconds[True] <= self._seconds[False]
+        avg = seconds[threaded]
+        seconds[threaded] = min(dt, 0.75 * avg + 0.25 * dt) if avg else dt
+        was, self._threaded = self._threaded, seconds[True] <= seconds[False]
         if probe:
             # a probe that loses is tried again later and later: on a busy machine a threaded
             # probe can cost a hundred serial steps
