@@ -26,7 +26,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         API_KEY=None,  # when set, every route but /health needs Authorization: Bearer <key>
         CORS_ORIGINS="",  # "*", or origins separated by commas
         LOAD="background",  # or "sync": load the models before returning
-        COALESCE_MS=5,  # while streams share a batch, a stream writes at most this often
+        # while streams share a batch, a stream writes at most this often (a stream alone
+        # writes each character at once): 5 ms cost 10 us of CPU per character at 32 streams
+        COALESCE_MS=20,
     )
     if test_config is None:
         app.config.from_prefixed_env("CHARLM")
