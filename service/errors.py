@@ -27,6 +27,10 @@ class ApiError(Exception):
         return resp
 
 
+class ClientGoneError(Exception):
+    """The client closed its connection before its answer was ready: nobody reads a reply."""
+
+
 def validation(message: str) -> ApiError:
     return ApiError(422, message, "validation")
 
@@ -51,6 +55,12 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and e.get_response().headers.get("Allow"):
             resp.headers["Allow"] = e.get_response().headers["Allow"]
         return resp
+
+    @app.errorhandler(ClientGoneError)
+    def client_gone(e: ClientGoneError):
+        # nginx's "client closed request": for the access log, since nobody reads it
+        return jsonify({"error": "the client closed the connection",
+                        "error_type": "client_closed"}), 499
 
     @app.errorhandler(Exception)
     def internal_error(e: Exception):

@@ -4,17 +4,40 @@ However the response ends (finished, failed, or the client left), Run.close() ca
 and frees the slot, once.
 """
 
+import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from flask import current_app
+from flask import current_app, request
 
 from charlm.errors import CharlmError
 from charlm.generate import SampleSettings, Token
 from service.engine import Job, drain
-from service.errors import validation
+from service.errors import ClientGoneError, validation
 from service.models import Served
 from service.state import Slots, current
+
+GONE_CHECK_S = 0.05  # while an answer is built, how often to look whether its client left
+
+
+def client_gone(environ: dict) -> Callable[[], bool] | None:
+    """A check of whether this request's client has closed its connection, where the server
+    lends the view its socket (gunicorn's environ["gunicorn.socket"]); None elsewhere."""
+    sock = environ.get("gunicorn.socket")
+    if sock is None:
+        return None
+
+    def gone() -> bool:
+        try:  # a closed connection reads as b"" at once; an open one has nothing to read
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except ValueError:  # a TLS socket takes no recv flags: no way to tell, keep going
+            return False
+        except OSError:  # reset, or closed under us
+            return True
+
+    return gone
 
 
 def check_prompt(served: Served, prompt: str, where: str = "prompt") -> int:
@@ -42,8 +65,9 @@ class Run:
 
     def __init__(self, served: Served, slots: Slots, prompt: str, settings: SampleSettings,
                  drop_unknown: bool = False, stop_inclusive: tuple[str, ...] = (),
-                 coalesce: float = 0.0) -> None:
+                 coalesce: float = 0.0, gone: Callable[[], bool] | None = None) -> None:
         self.served, self.slots = served, slots
+        self.gone = gone  # whether the client has left (see client_gone), for complete()
         self.coalesce = coalesce  # seconds to wait between writes when streams share the batch
         self.stop_inclusive = stop_inclusive
         self.finish_reason: str | None = None
@@ -83,9 +107,15 @@ class Run:
             self.close()
 
     def complete(self) -> list[Token]:
-        """Every token, to the end."""
+        """Every token, to the end. Raises ClientGoneError if the client leaves first: a streaming
+        response notices when a write fails, a whole answer only by looking."""
+        checked = time.monotonic()
         for _ in self.chunks():
-            pass
+            if self.gone is not None and time.monotonic() - checked > GONE_CHECK_S:
+                checked = time.monotonic()
+                if self.gone():
+                    self.close()
+                    raise ClientGoneError
         return self.tokens
 
     @property
@@ -114,4 +144,4 @@ def start(served: Served, prompt: str, settings: SampleSettings,
     """A Run under this app's configuration: its slots, unknown-character policy, coalescing."""
     cfg = current_app.config
     return Run(served, current().slots, prompt, settings, cfg["UNKNOWN_CHARS"] == "drop",
-               stop_inclusive, cfg["COALESCE_MS"] / 1000)
+               stop_inclusive, cfg["COALESCE_MS"] / 1000, client_gone(request.environ))

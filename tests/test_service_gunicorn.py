@@ -15,6 +15,7 @@ import pytest
 from conftest import make_checkpoint
 
 from charlm.serve import gunicorn_argv, serve_env
+from service.generation import client_gone
 
 CAP = 6  # streams per worker: 16 clients against 2 workers meet deliberate 429s
 
@@ -196,6 +197,39 @@ def test_a_client_that_disconnects_costs_no_more_cpu(server):
     busy_rate, idle_rate = busy / 0.5, idle / 1.0
     assert busy_rate > 0.1, busy
     assert idle_rate < 0.08 and idle_rate < 0.25 * busy_rate, (busy, idle)
+
+
+def test_a_client_that_leaves_before_a_whole_answer_costs_no_more_cpu(server):
+    port, master = server
+    workers = children(master)
+    body = {"inputs": "a", "model": "big", "parameters": {"max_new_tokens": 100000}}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", "/generate", json.dumps(body), {"Content-Type": "application/json"})
+    time.sleep(0.2)  # the answer takes seconds: a worker is busy building it (the control)
+    c0 = cpu_seconds(workers)
+    time.sleep(0.5)
+    busy = cpu_seconds(workers) - c0
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    time.sleep(0.3)  # the view looks every 50 ms, sees the connection closed and stops
+    c0 = cpu_seconds(workers)
+    time.sleep(1.0)
+    idle = cpu_seconds(workers) - c0
+    busy_rate, idle_rate = busy / 0.5, idle / 1.0
+    assert busy_rate > 0.1, busy
+    assert idle_rate < 0.08 and idle_rate < 0.25 * busy_rate, (busy, idle)
+
+
+def test_client_gone_tells_a_closed_connection_from_an_open_one():
+    assert client_gone({}) is None  # no socket lent (the Flask test client): no check
+    a, b = socket.socketpair()
+    with a, b:
+        gone = client_gone({"gunicorn.socket": a})
+        assert not gone()
+        b.sendall(b"GET /health HTTP/1.1\r\n\r\n")  # a pipelined request: still there
+        assert not gone() and a.recv(100).startswith(b"GET")  # the peek consumed nothing
+        b.shutdown(socket.SHUT_WR)
+        assert gone()
 
 
 def test_load(server):
