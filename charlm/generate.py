@@ -37,7 +37,7 @@ from charlm.model import CELLS, CharLSTM
 # about one core's L2: weights beyond it stream from L3, which two cores read faster than one
 PART_BYTES = 1 << 20
 # a batch with threads > 1 times its steps, and every PROBE_EVERY steps (or up to 16 times
-# as many while the probes keep losing) tries the other kernel
+# as many while the probes keep losing by far) tries the other kernel
 PROBE_EVERY = 64
 
 
@@ -318,6 +318,46 @@ class _Stream:
         return out, None
 
 
+class _Choice:
+    """Serial or threaded step kernel, for one range of batch sizes: the faster lately.
+
+    Each step times the kernel it ran; every `every` steps the other one is run instead (a
+    probe), so a change in the machine's load is noticed.
+    """
+
+    __slots__ = ("seconds", "threaded", "every", "since")
+
+    def __init__(self, threaded: bool) -> None:
+        # seconds per stream-step of the serial and the threaded kernel (moving averages;
+        # 0: unknown)
+        self.seconds = [0.0, 0.0]
+        self.threaded = threaded
+        self.every = PROBE_EVERY
+        self.since = 0
+
+    def next(self) -> tuple[bool, bool]:
+        """Whether to run the threaded kernel next, and whether that is a probe."""
+        self.since += 1
+        if self.since >= self.every or not self.seconds[not self.threaded]:
+            self.since = 0
+            return not self.threaded, True
+        return self.threaded, False
+
+    def record(self, threaded: bool, probe: bool, dt: float) -> bool:
+        """Take a step's seconds per stream; whether the threaded kernel is now the choice."""
+        # a fast step shows what the kernel can do at once; slow ones count in gradually
+        avg = self.seconds[threaded]
+        self.seconds[threaded] = min(dt, 0.75 * avg + 0.25 * dt) if avg else dt
+        was, self.threaded = self.threaded, self.seconds[True] <= self.seconds[False]
+        if probe:
+            # a probe that loses by far is tried again later and later: on a busy machine a
+            # threaded probe can cost a hundred serial steps. One that only just lost (to a
+            # moment's noise, or the server's own request threads) is tried at the usual pace.
+            lost_by_far = self.threaded == was and 0 < 2 * self.seconds[was] < dt
+            self.every = min(16 * PROBE_EVERY, 2 * self.every) if lost_by_far else PROBE_EVERY
+        return self.threaded
+
+
 class Batch:
     """Independent streams advanced together: each step reads the weights once for all of them.
 
@@ -345,13 +385,9 @@ class Batch:
         self._next_id = 0
         self._finished: list[Event] = []  # streams that finished before their first step
         self._args: tuple | None = None
-        # seconds per stream-step of the serial and the threaded kernel, by batch size in
-        # powers of two: a step takes longer with more streams, so only like is compared with
-        # like (moving averages; 0: unknown)
-        self._seconds: dict[int, list[float]] = {}
-        self._threaded = packed.threads > 1
-        self._since_probe = 0
-        self._probe_every = PROBE_EVERY
+        # which kernel has been the faster, per range of batch sizes (see _Choice)
+        self._choices: dict[int, _Choice] = {}
+        self._threaded = packed.threads > 1  # the last choice, for reading prompts
         self._grow(max(1, capacity))
 
     def _grow(self, capacity: int) -> None:
@@ -509,25 +545,12 @@ class Batch:
             S.step(*args)
             return
         B = self._n_running
-        seconds = self._seconds.setdefault(B.bit_length(), [0.0, 0.0])
-        threaded = self._threaded
-        self._since_probe += 1
-        probe = self._since_probe >= self._probe_every or not seconds[not threaded]
-        if probe:
-            threaded, self._since_probe = not threaded, 0  # measure the other one
+        # a step takes longer with more streams: only like is compared with like
+        choice = self._choices.setdefault(B.bit_length(), _Choice(self._threaded))
+        threaded, probe = choice.next()
         t0 = time.perf_counter()
         (S.step_threads if threaded else S.step)(*args)
-        dt = (time.perf_counter() - t0) / B
-        # a fast step shows what the kernel can do at once; slow ones count in gradually
-        avg = seconds[threaded]
-        seconds[threaded] = min(dt, 0.75 * avg + 0.25 * dt) if avg else dt
-        was, self._threaded = self._threaded, seconds[True] <= seconds[False]
-        if probe:
-            # a probe that loses is tried again later and later: on a busy machine a threaded
-            # probe can cost a hundred serial steps
-            lost = self._threaded == was
-            self._probe_every = min(16 * PROBE_EVERY, 2 * self._probe_every) if lost else \
-                PROBE_EVERY
+        self._threaded = choice.record(threaded, probe, (time.perf_counter() - t0) / B)
 
     def _top(self, slot: int, n: int) -> tuple[tuple[str, float], ...]:
         lp = log_softmax(self.logits[slot])

@@ -332,6 +332,30 @@ def test_threads_do_not_change_results(n_layer, n_hidden, monkeypatch):
                                                        abs=1e-4)
 
 
+def test_the_kernel_choice_follows_the_timings_and_backs_off_only_from_bad_probes():
+    from charlm.generate import PROBE_EVERY, _Choice
+
+    choice = _Choice(threaded=True)
+    assert choice.next() == (False, True)  # the serial kernel is unknown: measure it first
+    assert choice.record(False, True, 2.0) is True  # threaded unknown: try it
+    assert choice.next() == (True, False) and choice.record(True, False, 1.0) is True
+    # the serial kernel again every PROBE_EVERY steps
+    runs = [choice.next() for _ in range(PROBE_EVERY - 2)]
+    assert all(r == (True, False) for r in runs) and choice.next() == (False, True)
+    # the serial probe wins: the choice flips, and the threaded kernel is probed as often
+    assert choice.record(False, True, 0.5) is False and choice.every == PROBE_EVERY
+    for _ in range(PROBE_EVERY - 1):
+        assert choice.next() == (False, False)
+        choice.record(False, False, 0.5)
+    assert choice.next() == (True, True)
+    # a threaded probe that only just loses is tried again as often ...
+    assert choice.record(True, True, 0.8) is False and choice.every == PROBE_EVERY
+    # ... one that loses by far (a busy machine) later and later
+    choice.since = choice.every
+    assert choice.next() == (True, True)
+    assert choice.record(True, True, 5.0) is False and choice.every == 2 * PROBE_EVERY
+
+
 def test_a_finished_stream_can_be_started_again(gen):
     batch = Batch(gen.packed)
     sid = batch.add("ab", SampleSettings(temperature=0.0, max_new_chars=3))
