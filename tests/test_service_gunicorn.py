@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -272,27 +273,32 @@ def test_load(server):
 # deployment: the gunicorn config, the Procfile, run_serve
 
 
-def test_gunicorn_config_follows_the_environment(monkeypatch):
-    import runpy
-
+def read_conf(env: dict[str, str]) -> dict:
+    """gunicorn.conf.py's settings, and the variables it sets, read in a process of its own
+    (numba reads NUMBA_NUM_THREADS from this process's environment, which must not change)."""
     from charlm.serve import CONF
 
-    # the config sets these; monkeypatch restores them after
-    for name in ("CHARLM_LOAD", "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("PORT", "5123")
-    monkeypatch.setenv("WEB_CONCURRENCY", "3")
-    monkeypatch.setenv("CHARLM_MAX_CONCURRENCY", "10")
-    conf = runpy.run_path(str(CONF))
+    code = ("import json, os, runpy, sys; c = runpy.run_path(sys.argv[1]); "
+            "print(json.dumps({k: v for k, v in c.items() if isinstance(v, (str, int, list))} | "
+            "{'env': {k: os.environ.get(k) for k in "
+            "('CHARLM_LOAD', 'OMP_WAIT_POLICY', 'NUMBA_NUM_THREADS')}}))")
+    keep = {k: v for k, v in os.environ.items()
+            if k not in ("CHARLM_LOAD", "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS", "PORT",
+                         "WEB_CONCURRENCY", "CHARLM_MAX_CONCURRENCY")}
+    out = subprocess.run([sys.executable, "-c", code, str(CONF)], env={**keep, **env},
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def test_gunicorn_config_follows_the_environment():
+    conf = read_conf({"PORT": "5123", "WEB_CONCURRENCY": "3", "CHARLM_MAX_CONCURRENCY": "10"})
     assert conf["bind"] == ["0.0.0.0:5123"] and conf["workers"] == 3
     assert conf["worker_class"] == "gthread" and conf["threads"] == 18  # above the cap
     assert conf["preload_app"] is False and conf["wsgi_app"] == "service:create_app()"
     assert conf["accesslog"] == "-" and conf["timeout"] >= 60
-    assert os.environ["CHARLM_LOAD"] == "sync" and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert os.environ["NUMBA_NUM_THREADS"] == str(max(1, os.cpu_count() // 3))
-    monkeypatch.delenv("PORT")
-    monkeypatch.delenv("WEB_CONCURRENCY")
-    conf = runpy.run_path(str(CONF))
+    assert conf["env"] == {"CHARLM_LOAD": "sync", "OMP_WAIT_POLICY": "PASSIVE",
+                           "NUMBA_NUM_THREADS": str(max(1, os.cpu_count() // 3))}
+    conf = read_conf({})
     assert conf["bind"] == ["0.0.0.0:8000"] and conf["workers"] == 1
 
 
