@@ -249,12 +249,13 @@ class PackedModel:
                               f"{listed} (drop them with drop_unknown)")
         return np.array([self.stoi[ch] for ch in text if ch in self.stoi], np.int64)
 
-    def read(self, prompt: str, drop_unknown: bool = False) -> Primed:
-        """Read prompt on the calling thread, with the serial kernel (which releases the GIL).
+    def read(self, prompt: str, drop_unknown: bool = False, threaded: bool = False) -> Primed:
+        """Read prompt on the calling thread, with the serial kernel (which releases the GIL),
+        or the threaded one.
 
         A server reads each request's prompt on the request's own thread and hands the
         result to Batch.add, so a long prompt never holds up the streams already running.
-        The state is the one Batch.add(prompt) would reach, bit for bit.
+        The state is the one either kernel reaches, bit for bit.
         """
         idx = self.encode(prompt, drop_unknown)
         L, H = self.config.n_layer, self.config.n_hidden
@@ -263,7 +264,8 @@ class PackedModel:
         h, h_new = np.zeros((1, L, H), f32), np.zeros((1, L, H), f32)
         c = np.zeros((1, L, self.c_units), f32)
         z = np.zeros((1, self.z_width), f32)
-        S.prime(*self.weights, self.bounds, idx, x, h, c, h_new, z)
+        prime = S.prime_threads if threaded and self.threads > 1 else S.prime
+        prime(*self.weights, self.bounds, idx, x, h, c, h_new, z)
         return Primed(int(x[0]), h[0], c[0])
 
 
@@ -451,12 +453,11 @@ class Batch:
         """Add a stream that has read prompt; start it with settings (or later with start()).
 
         Raises CharlmError for characters outside the vocabulary (unless drop_unknown) before
-        anything changes. The prompt is read now, in one kernel call, unless it was read
-        already (a Primed from PackedModel.read): then its state is copied in.
+        anything changes. The prompt is read now (PackedModel.read), unless it was read
+        already (a Primed from PackedModel.read); then its state is copied in.
         """
-        primed = prompt if isinstance(prompt, Primed) else None
-        if primed is None:
-            idx = self.packed.encode(prompt, drop_unknown)
+        primed = prompt if isinstance(prompt, Primed) else \
+            self.packed.read(prompt, drop_unknown, threaded=self._threaded)
         if len(self._at) == self._capacity:
             self._grow(2 * self._capacity)
         slot = len(self._at)
@@ -464,15 +465,7 @@ class Batch:
         self._next_id += 1
         self._streams[s.id] = s
         self._at.append(s)
-        one = slice(slot, slot + 1)
-        if primed is not None:
-            self.x[slot], self.h[slot], self.c[slot] = primed
-        else:
-            self.h[one] = 0
-            self.c[one] = 0
-            prime = S.prime_threads if self._threaded else S.prime
-            prime(*self.packed.weights, self.packed.bounds, idx, self.x[one], self.h[one],
-                  self.c[one], self.h_new[one], self.z[one])
+        self.x[slot], self.h[slot], self.c[slot] = primed
         if settings is not None:
             self.start(s.id, settings)
         return s.id
