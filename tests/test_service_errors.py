@@ -326,6 +326,10 @@ def test_bad_configuration_is_refused(checkpoint_dir):
                 {"KERNEL_THREADS": 0}, {"LOAD": "lazy"}]:
         with pytest.raises(CharlmError):
             create_app({"CHECKPOINTS": str(checkpoint_dir), "LOAD": "sync", **bad})
+    for coalesce in ["fast", -1, 5000, None]:
+        with pytest.raises(CharlmError, match=r"CHARLM_COALESCE_MS must be a number in \[0, "):
+            create_app({"CHECKPOINTS": str(checkpoint_dir), "LOAD": "sync",
+                        "COALESCE_MS": coalesce})
 
 
 def test_error_bodies_are_json_objects(client):
