@@ -32,8 +32,9 @@ BLOCK = 16  # units per gate block of the packed columns: two float32 vectors of
 LSTM, GRU, RNN, PEEPHOLE, COUPLED = range(5)
 KINDS = {"lstm": LSTM, "gru": GRU, "rnn": RNN, "peephole": PEEPHOLE, "coupled": COUPLED}
 
-# matrix-vector products and cell: fma contraction only, so every sum keeps its row order
-# (fastmath=True would allow reassociation, which can differ between inlined copies).
+# the products (explicit fmas in tiles.tile) and the cells: fma contraction only, so no
+# sum is reordered (fastmath=True would allow reassociation, which can differ between
+# inlined copies).
 MATVEC = dict(cache=True, fastmath={"contract"}, error_model="numpy", nogil=True)
 # softmax, log-sum-exp and sampling rely on exact inf/NaN semantics: no fastmath
 EXACT = dict(cache=True, nogil=True)
