@@ -30,10 +30,8 @@ def client_gone(environ: dict) -> Callable[[], bool] | None:
     def gone() -> bool:
         try:  # a closed connection reads as b"" at once; an open one has nothing to read
             return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except ValueError:  # a TLS socket takes no recv flags: no way to tell, keep going
-            return False
+        except (BlockingIOError, ValueError):  # ValueError: a TLS socket takes no recv
+            return False  # flags, so there is no way to tell: keep going
         except OSError:  # reset, or closed under us
             return True
 
