@@ -25,7 +25,14 @@ def tanh(x):
     return np.tanh(x)
 
 
-@overload(tanh)
+# sigmoid and tanh are compiled with flags of their own: a function called from a kernel
+# otherwise inherits the fastmath flags of whichever kernel compiled it first in the process,
+# and every kernel compiled later inlines that copy, so the same kernel's results would depend
+# on what ran before it (contraction decides where a product is rounded).
+INNER = dict(fastmath={"contract"}, error_model="numpy")
+
+
+@overload(tanh, jit_options=INNER)
 def _tanh_overload(x):
     if isinstance(x, types.Float) and x.bitwidth == 32:
         # libm's tanhf is a scalar call that LLVM cannot vectorise (a 50x512 gate step cost
@@ -53,7 +60,7 @@ def _tanh_overload(x):
     return lambda x: np.tanh(x)
 
 
-@nb.njit
+@nb.njit(**INNER)
 def sigmoid(x):
     """sigma(x) = 1 / (1 + exp(-x)) = (1 + tanh(x/2)) / 2, so it vectorises like tanh."""
     return HALF + HALF * tanh(HALF * x)
