@@ -1,7 +1,7 @@
 """The character-level LSTM language model: parameters, forward pass and backward pass.
 
 embedding E -> n_layer recurrent layers (dropout between them) -> dropout -> linear head ->
-softmax. The recurrent cell is an LSTM by default, or one of its variants (see CELLS).
+softmax. The recurrent cell is an LSTM by default, or any other of charlm.cells.CELLS.
 All parameters live in one flat vector `theta` (and their gradients in `grad`), with one
 named view per tensor, so the optimizer and clipping are single passes over memory.
 """
@@ -11,27 +11,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from charlm import cells as C
 from charlm import kernels as K
-
-
-@dataclass(frozen=True)
-class Cell:
-    """What the model needs to know about a recurrent cell."""
-
-    blocks: int  # gate blocks side by side in W, U and b
-    gates: tuple[str, ...]  # the gates the forward pass leaves in Z, block by block
-    has_c: bool  # keeps a cell state c besides h
-    forget: int | None = None  # the block whose bias starts at forget_bias (remember)
-
-
-CELLS = {
-    "lstm": Cell(4, ("i", "f", "g", "o"), True, forget=1),
-    "gru": Cell(3, ("r", "z", "n"), False),  # torch.nn.GRU's formulation
-    "rnn": Cell(1, (), False),  # h = tanh(x W + h U + b), as char-rnn's rnn
-    "peephole": Cell(4, ("i", "f", "g", "o"), True, forget=1),  # + P: (3, H) p_i, p_f, p_o
-    "coupled": Cell(3, ("f", "g", "o"), True, forget=0),  # i = 1 - f
-}
+from charlm.cells import CELLS
 
 
 @dataclass
@@ -71,10 +52,8 @@ def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         shapes[f"W{layer}"] = (n_in, G * H)  # input weights, gate blocks side by side
         shapes[f"U{layer}"] = (H, G * H)  # recurrent weights
         shapes[f"b{layer}"] = (G * H,)
-        if cfg.cell == "peephole":
-            shapes[f"P{layer}"] = (3, H)  # peepholes p_i, p_f, p_o: diagonal, one per unit
-        if cfg.cell == "gru":
-            shapes[f"bh{layer}"] = (H,)  # b_hn, inside r * (h U_n + b_hn)
+        for extra in CELLS[cfg.cell].extras:  # the peepholes, the GRU's b_hn
+            shapes[f"{extra.name}{layer}"] = extra.shape(H)
         n_in = H
     shapes["Wy"] = (H, V)  # head
     shapes["by"] = (V,)
@@ -110,7 +89,6 @@ class Workspace:
         cell = CELLS[cfg.cell]
         GH = cell.blocks * H  # width of the gate blocks side by side
         Hc = H if cell.has_c else 0  # units of the cell state
-        Hq = H if cfg.cell == "gru" else 0
         self.T, self.B = T, B
         self.idx = np.empty((T, B), np.int64)  # inputs, time-major
         self.targets = np.empty((T, B), np.int64)
@@ -119,7 +97,6 @@ class Workspace:
         self.Z = [np.empty((T, B, GH), dt) for _ in range(L)]  # gates per layer
         self.Hs = [np.empty((T + 1, B, H), dt) for _ in range(L)]  # h_0 .. h_T per layer
         self.Cs = [np.empty((T + 1, B, Hc), dt) for _ in range(L)]
-        self.Q = [np.empty((T, B, Hq), dt) for _ in range(L)]  # gru: h U_n + b_hn per step
         self.masks = [np.empty((T, B, H), dt) for _ in range(L)]  # dropout on each layer's h
         self.dropped = [np.empty((T, B, H), dt) for _ in range(L)]  # h * mask
         self.logits = np.empty((T * B, V), dt)
@@ -128,9 +105,10 @@ class Workspace:
         self.dh = np.empty((B, H), dt)
         self.dc = np.empty((B, H), dt)  # dc carried back in time (gru: dh_t z_t)
         self.dZ = np.empty((T, B, GH), dt)
-        self.dN = np.empty((T, B, Hq), dt)  # gru: the input side's gradient of n
         self.dH = np.empty((T, B, H), dt)
         self.outputs: list[np.ndarray] = []  # each layer's output as the next layer sees it
+        for name in cell.buffers:  # the cell's own, per layer (the GRU's q_t and da_t)
+            setattr(self, name, [np.empty((T, B, H), dt) for _ in range(L)])
 
 
 class CharLSTM:
@@ -159,16 +137,18 @@ class CharLSTM:
     def init_params(self, rng: np.random.Generator) -> None:
         """Uniform(+-1/sqrt(H)) weights as torch's nn.LSTM, N(0, 1) embedding, zero biases
         but the forget gate's, which is forget_bias (lstm, peephole, coupled)."""
-        H = self.config.n_hidden
+        H, cell = self.config.n_hidden, CELLS[self.config.cell]
         k = 1.0 / np.sqrt(H)
+        zero = {"by"} | {f"{e.name}{layer}" for e in cell.extras if e.init == "zero"
+                         for layer in range(self.config.n_layer)}
         for name, p in self.params.items():
             if name == "E":
                 p[:] = rng.standard_normal(p.shape)
-            elif name == "by" or name.startswith("bh"):
+            elif name in zero:
                 p[:] = 0
             else:
                 p[:] = rng.uniform(-k, k, p.shape)
-        forget = CELLS[self.config.cell].forget
+        forget = cell.forget
         for layer in range(self.config.n_layer):
             b = self.params[f"b{layer}"]
             b[:] = 0
@@ -205,7 +185,7 @@ class CharLSTM:
         The logits are left in ws.logits, (T*B, V) time-major.
         """
         B, T = idx.shape
-        p = self.params
+        p, cell = self.params, CELLS[self.config.cell]
         ws = self.workspace(T, B)
         ws.idx[:] = idx.T
         N, H4 = T * B, ws.R.shape[1]  # 4H for an LSTM, blocks x H in general
@@ -219,7 +199,7 @@ class CharLSTM:
                 x = ws.outputs[-1].reshape(N, -1)
                 K.linear_forward(x, p[f"W{layer}"], p[f"b{layer}"], Z.reshape(N, H4))
             Hs[0], Cs[0] = state.h[layer], state.c[layer]
-            self._cell_forward(layer, ws)
+            cell.forward(p, ws, layer)
             state.h[layer], state.c[layer] = Hs[T], Cs[T]
             out = Hs[1:]
             if masks is not None:
@@ -237,7 +217,7 @@ class CharLSTM:
         ws = self.forward(idx, state, masks)
         B, T = idx.shape
         N, H = T * B, self.config.n_hidden
-        p, d = self.params, self.grads
+        p, d, cell = self.params, self.grads, CELLS[self.config.cell]
         ws.targets[:] = targets.T
         dlogits = ws.logits  # overwritten in place
         loss = K.softmax_cross_entropy(ws.logits, ws.targets.reshape(N), dlogits)
@@ -247,7 +227,7 @@ class CharLSTM:
         for layer in range(self.config.n_layer - 1, -1, -1):
             if masks is not None:
                 ws.dH *= masks[layer]
-            self._cell_backward(layer, ws)
+            cell.backward(p, d, ws, layer)
             dZ = ws.dZ.reshape(N, -1)
             if layer > 0:
                 K.linear_backward(ws.outputs[layer - 1].reshape(N, H), p[f"W{layer}"], dZ,
@@ -256,38 +236,6 @@ class CharLSTM:
                 K.scatter_add_rows(dZ, ws.idx.reshape(N), ws.dEW)
                 K.linear_backward(p["E"], p["W0"], ws.dEW, d["E"], d["W0"], d["b0"])
         return float(loss)
-
-    def _cell_forward(self, layer: int, ws: Workspace) -> None:
-        """Run layer's cell over the window: the input part in ws.Z, h_0 (c_0) in ws.Hs (Cs)."""
-        cell, p = self.config.cell, self.params
-        Z, U, Hs, Cs = ws.Z[layer], p[f"U{layer}"], ws.Hs[layer], ws.Cs[layer]
-        if cell == "lstm":
-            K.lstm_forward(Z, U, Hs, Cs, ws.R)
-        elif cell == "gru":
-            C.gru_forward(Z, U, p[f"bh{layer}"], Hs, ws.Q[layer], ws.R)
-        elif cell == "rnn":
-            C.rnn_forward(Z, U, Hs, ws.R)
-        elif cell == "peephole":
-            C.peephole_forward(Z, U, p[f"P{layer}"], Hs, Cs, ws.R)
-        else:
-            C.coupled_forward(Z, U, Hs, Cs, ws.R)
-
-    def _cell_backward(self, layer: int, ws: Workspace) -> None:
-        """dL/dU (and P, bh) of layer's cell, and dL/d(x W + b) in ws.dZ, from dL/dh in ws.dH."""
-        cell, p, d = self.config.cell, self.params, self.grads
-        G, U, dU, Hs, Cs = ws.Z[layer], p[f"U{layer}"], d[f"U{layer}"], ws.Hs[layer], ws.Cs[layer]
-        if cell == "lstm":
-            K.lstm_backward(G, U, Hs, Cs, ws.dH, ws.dZ, ws.dh, ws.dc, dU, ws.UT)
-        elif cell == "gru":
-            C.gru_backward(G, U, ws.Q[layer], Hs, ws.dH, ws.dZ, ws.dN, ws.dh, ws.dc, dU,
-                           d[f"bh{layer}"], ws.UT)
-        elif cell == "rnn":
-            C.rnn_backward(U, Hs, ws.dH, ws.dZ, ws.dh, dU, ws.UT)
-        elif cell == "peephole":
-            C.peephole_backward(G, U, p[f"P{layer}"], Hs, Cs, ws.dH, ws.dZ, ws.dh, ws.dc, dU,
-                                d[f"P{layer}"], ws.UT)
-        else:
-            C.coupled_backward(G, U, Hs, Cs, ws.dH, ws.dZ, ws.dh, ws.dc, dU, ws.UT)
 
     def activations(self, idx: np.ndarray, state: State | None = None) -> list[dict]:
         """What every layer computed at every step of idx (B, T), from state (default zero).
@@ -305,8 +253,8 @@ class CharLSTM:
             Z = ws.Z[layer]
             acts = {g: Z[:, :, k * H : (k + 1) * H].transpose(1, 0, 2).copy()
                     for k, g in enumerate(cell.gates)}
-            if self.config.cell == "coupled":
-                acts["i"] = 1 - acts["f"]
+            if cell.derived is not None:  # gates that are functions of others
+                acts.update(cell.derived(acts))
             if cell.has_c:
                 acts["c"] = ws.Cs[layer][1:].transpose(1, 0, 2).copy()
             acts["h"] = ws.Hs[layer][1:].transpose(1, 0, 2).copy()

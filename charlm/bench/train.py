@@ -9,18 +9,18 @@ noise hits both alike. torch has no peephole or coupled LSTM: those cells get no
 import json
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from charlm import cells as cell_kernels
 from charlm import kernels
 from charlm.model import CELLS, CharLSTM, ModelConfig
 from charlm.optim import Adam, clip_grad_norm
 
 CONFIGS = ((2, 128), (2, 512))
-TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}  # torch.nn's name of each cell
+TORCH_CELLS = {name: c.torch for name, c in CELLS.items() if c.torch}  # torch.nn's module
 VOCAB = 65
 LR, CLIP = 2e-3, 5.0
 
@@ -96,10 +96,10 @@ def profile_charlm(n_layer: int, n_hidden: int, B: int, T: int, n: int,
                    cell: str = "lstm") -> dict[str, float]:
     """Milliseconds per step spent in each kernel, by wrapping the kernel modules' functions."""
     totals: dict[str, float] = {}
-    names = {kernels: ("lstm_forward", "lstm_backward", "linear_forward", "linear_backward",
-                       "gather_rows", "scatter_add_rows", "softmax_cross_entropy"),
-             cell_kernels: tuple(f"{c}_{way}" for c in CELLS if c != "lstm"
-                                 for way in ("forward", "backward"))}
+    names = {kernels: ("linear_forward", "linear_backward", "gather_rows", "scatter_add_rows",
+                       "softmax_cross_entropy"),
+             **{sys.modules[c.forward.__module__]: (f"{name}_forward", f"{name}_backward")
+                for name, c in CELLS.items()}}
     originals = {(module, name): getattr(module, name)
                  for module, module_names in names.items() for name in module_names}
 
