@@ -3,11 +3,14 @@
 import functools
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional, TextIO
 
 import typer
 
 from charlm.errors import CharlmError
+
+if TYPE_CHECKING:
+    from charlm.generate import Completion, Distribution, Generator, SampleSettings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="A character-level LSTM language model: train, sample, serve.")
@@ -258,7 +261,7 @@ def sample(
 ) -> None:
     """Generate text from a trained model, printed as it is drawn."""
     from charlm.checkpoint import find_checkpoint, load_checkpoint
-    from charlm.generate import Generator, SampleSettings, distribution_table, print_sample
+    from charlm.generate import Generator, SampleSettings
 
     settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                               max_new_chars=length, stop=tuple(stop or ()))
@@ -271,6 +274,45 @@ def sample(
         Console().print(distribution_table(dist, top_n))
         return
     print_sample(gen, prompt, settings, drop_unknown=drop_unknown)
+
+
+def visible(ch: str) -> str:
+    """A character as it can be seen in a table: repr without quotes, and space as a quoted ' '."""
+    if ch == " ":
+        return "' '"
+    return repr(ch)[1:-1]
+
+
+def distribution_table(dist: "Distribution", top_n: int | None = None):
+    """A rich Table of the distribution: character, probability, most probable first."""
+    from rich.table import Table
+
+    table = Table(title=f"next character  (temperature {dist.temperature:g}, "
+                        f"entropy {dist.entropy:.3f} nats)")
+    table.add_column("char")
+    table.add_column("prob", justify="right")
+    for ch, prob in dist.top(top_n):
+        table.add_row(visible(ch), f"{prob:.4f}")
+    return table
+
+
+def print_sample(gen: "Generator", prompt: str, settings: "SampleSettings",
+                 file: TextIO | None = None, drop_unknown: bool = False) -> "Completion":
+    """Print prompt, then each character as it is drawn; return the completion."""
+    from charlm.generate import Completion
+
+    file = file or sys.stdout
+    gen.prime(prompt, drop_unknown)
+    file.write(prompt)
+    tokens = []
+    for tok in gen.generate(settings):
+        file.write(tok.char)
+        file.flush()
+        tokens.append(tok)
+    if tokens and tokens[-1].char != "\n":
+        file.write("\n")
+    file.flush()
+    return Completion("".join(t.char for t in tokens), tokens, gen.finish_reason, gen.seed)
 
 
 @app.command()

@@ -5,7 +5,7 @@ import math
 import numpy as np
 from flask import Blueprint, jsonify
 
-from charlm.generate import SampleSettings
+from charlm.generate import SampleSettings, entropy, log_softmax
 from service.engine import GenerationError
 from service.errors import ApiError
 from service.generation import check_prompt, start
@@ -34,13 +34,12 @@ def next_char():
         raise ApiError(500, str(e), "generation") from None
     chars = [ch for ch, _ in tok.top]
     # softmax(z / T) = softmax(logp / T): logp is z less a constant
-    z = np.array([lp for _, lp in tok.top], np.float64) / temperature
-    logp = z - (z.max() + math.log(np.exp(z - z.max()).sum()))
+    logp = log_softmax(np.array([lp for _, lp in tok.top], np.float64) / temperature)
     p = np.exp(logp)
-    entropy = float(-(p[p > 0] * logp[p > 0]).sum())
+    h = entropy(p, logp)
     stoi = served.packed.stoi
     dist = [{"char": ch, "id": stoi[ch], "prob": float(p[k]), "logprob": float(logp[k])}
             for k, ch in enumerate(chars[:top_n])]
     return jsonify({"model": served.name, "prompt_length": n_in, "temperature": temperature,
-                    "entropy": entropy, "entropy_bits": entropy / math.log(2),
+                    "entropy": h, "entropy_bits": h / math.log(2),
                     "distribution": dist})

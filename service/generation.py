@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from flask import current_app, request
 
 from charlm.errors import CharlmError
-from charlm.generate import SampleSettings, Token
+from charlm.generate import SampleSettings, Stops, Token
 from service.engine import Job, drain
 from service.errors import ClientGoneError, validation
 from service.models import Served
@@ -67,10 +67,9 @@ class Run:
         self.served, self.slots = served, slots
         self.gone = gone  # whether the client has left (see client_gone), for complete()
         self.coalesce = coalesce  # seconds to wait between writes when streams share the batch
-        self.stop_inclusive = stop_inclusive
+        self.stops: Stops[Token] = Stops(stop_inclusive, inclusive=True)
         self.finish_reason: str | None = None
         self.tokens: list[Token] = []
-        self._tail = ""
         self._closed = False
         slots.take()
         try:
@@ -88,7 +87,7 @@ class Run:
         try:
             while True:
                 tokens, reason = drain(self.job)
-                if self.stop_inclusive:
+                if self.stops.strings:
                     tokens, reason = self._stop_at(tokens, reason)
                 self.tokens.extend(tokens)
                 if reason is not None:
@@ -122,10 +121,8 @@ class Run:
 
     def _stop_at(self, tokens: list[Token], reason: str | None) -> tuple[list[Token], str | None]:
         """Cut tokens after the first character that completes a stop string."""
-        longest = max(map(len, self.stop_inclusive))
         for k, tok in enumerate(tokens):
-            self._tail = (self._tail + tok.char)[-longest:]
-            if any(self._tail.endswith(s) for s in self.stop_inclusive):
+            if self.stops.push(tok)[1]:
                 return tokens[: k + 1], "stop_sequence"
         return tokens, reason
 

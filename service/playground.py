@@ -3,7 +3,8 @@
 import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 
-from service.errors import ApiError, validation
+from charlm.cells import CELLS
+from service.errors import validation
 from service.generation import check_prompt
 from service.models import Served
 from service.params import get_str, json_body
@@ -12,9 +13,6 @@ from service.state import current
 bp = Blueprint("playground", __name__, static_folder="static",
                static_url_path="/playground")
 
-# the gates that pass through a sigmoid, per cell: saturation is measured on these
-SIGMOID_GATES = {"lstm": ("i", "f", "o"), "peephole": ("i", "f", "o"),
-                 "coupled": ("i", "f", "o"), "gru": ("r", "z"), "rnn": ()}  # rnn: h alone
 MAX_HISTORY_POINTS = 500  # a plot needs no more; long runs are thinned evenly
 DIGITS = 3  # values go out rounded: the page colours and ranks, it does not need float32
 MAX_VALUES = 1_000_000  # per answer: chars x layers x hidden x 4 kinds, a few MB of JSON
@@ -48,7 +46,7 @@ def activations():
     values = "tanh_c" if "tanh_c" in layers[0] else "h"
     return jsonify({"model": served.name, "cell": cell,
                     "chars": [served.packed.itos[k] for k in idx],
-                    "values": values, "gates": list(SIGMOID_GATES.get(cell, ())),
+                    "values": values, "gates": list(CELLS[cell].sigmoid_gates),
                     "n_layer": len(layers), "n_hidden": served.ckpt.config.n_hidden,
                     "layers": [{k: rounded(v) for k, v in acts.items()} for acts in layers]})
 
@@ -62,27 +60,15 @@ def max_chars(served: Served) -> int:
 
 
 def layer_activations(served: Served, idx: np.ndarray) -> list[dict[str, np.ndarray]]:
-    """Per layer, name -> (T, H) values: tanh_c (or h without a cell state) and the gates."""
+    """Per layer, name -> (T, H) values: tanh_c (or h without a cell state) and the gates that
+    pass through a sigmoid (saturation is measured on these)."""
     # a model of its own per request: forward() reuses workspaces, so it is not shared
     model = served.ckpt.model()
-    cell, H = model.config.cell, model.config.n_hidden
-    if cell == "lstm":
-        ws = model.forward(idx, model.zero_state(1))
-        out = []
-        for layer in range(model.config.n_layer):
-            Z = ws.Z[layer][:, 0]  # (T, 4H): i, f, g, o after their nonlinearities
-            out.append({"tanh_c": np.tanh(ws.Cs[layer][1:, 0]), "i": Z[:, :H],
-                        "f": Z[:, H : 2 * H], "o": Z[:, 3 * H :]})
-        return out
-    # other cells: whatever the model exposes, if it exposes its gates at all
-    exposed = getattr(model, "activations", None)
-    if exposed is None or cell not in SIGMOID_GATES:
-        raise ApiError(400, f"activations are not supported for this cell ({cell!r})",
-                       "not_supported")
+    gates = CELLS[model.config.cell].sigmoid_gates
     out = []
-    for acts in exposed(idx):
+    for acts in model.activations(idx):
         layer = {"tanh_c": np.tanh(acts["c"][0])} if "c" in acts else {"h": acts["h"][0]}
-        layer.update({g: acts[g][0] for g in SIGMOID_GATES[cell]})
+        layer.update({g: acts[g][0] for g in gates})
         out.append(layer)
     return out
 

@@ -8,20 +8,18 @@ import textwrap
 import numpy as np
 import pytest
 
-from charlm import generate
+from charlm.cli import distribution_table, print_sample, visible
 from charlm.errors import CharlmError
 from charlm.generate import (
     Batch,
     Generator,
     PackedModel,
     SampleSettings,
-    distribution_table,
     next_distribution,
-    print_sample,
-    visible,
+    warmup,
 )
+from charlm.generate import batch as generate_batch
 from charlm.model import CharLSTM, ModelConfig
-from charlm.sampling import warmup
 
 ITOS = list("\n !',.:;?abcdefghijklmnopqrstuvwxyz")
 # n_hidden 20 is one full block of 16 units and a partial one of 4
@@ -324,7 +322,7 @@ def test_threads_do_not_change_results(n_layer, n_hidden, monkeypatch):
     outs = [Generator(model, ITOS, threads=t).complete(PROMPT, seed=9, max_new_chars=40)
             for t in (1, 2, 3)]
     # switching between the threaded and the serial kernel at every step changes nothing
-    monkeypatch.setattr(generate, "PROBE_EVERY", 1)
+    monkeypatch.setattr(generate_batch, "PROBE_EVERY", 1)
     outs.append(Generator(model, ITOS, threads=2).complete(PROMPT, seed=9, max_new_chars=40))
     assert outs[0].tokens == outs[1].tokens == outs[2].tokens == outs[3].tokens
     ref = reference_probs(model, PROMPT + outs[0].text[:-1])
@@ -333,7 +331,7 @@ def test_threads_do_not_change_results(n_layer, n_hidden, monkeypatch):
 
 
 def test_the_kernel_choice_follows_the_timings_and_backs_off_only_from_bad_probes():
-    from charlm.generate import PROBE_EVERY, _Choice
+    from charlm.generate.batch import PROBE_EVERY, _Choice
 
     choice = _Choice(threaded=True)
     assert choice.next() == (False, True)  # the serial kernel is unknown: measure it first

@@ -20,18 +20,19 @@ def golden():
     return json.loads(GOLDEN.read_text(encoding="utf-8"))
 
 
-def same(got, want, exact: bool = True) -> bool:
+def same(got, want, exact: bool = True, rtol: float = 1e-5) -> bool:
     """got through the same JSON round trip as the recording, so floats compare exactly (or
-    to float32 precision, strings and the rest exactly)."""
+    to rtol, strings and the rest exactly)."""
     got = json.loads(json.dumps(got, sort_keys=True))
     if exact or isinstance(got, str) or isinstance(want, str):
         return got == want
     if isinstance(got, float) or isinstance(want, float):
-        return bool(np.isclose(got, want, rtol=1e-5, atol=1e-7))
+        return bool(np.isclose(got, want, rtol=rtol, atol=rtol / 100))
     if isinstance(got, dict):
-        return got.keys() == want.keys() and all(same(got[k], want[k], False) for k in got)
+        return got.keys() == want.keys() and all(same(got[k], want[k], False, rtol)
+                                                 for k in got)
     if isinstance(got, list):
-        return len(got) == len(want) and all(same(a, b, False)
+        return len(got) == len(want) and all(same(a, b, False, rtol)
                                              for a, b in zip(got, want, strict=True))
     return got == want
 
@@ -53,9 +54,16 @@ def test_training_is_unchanged(golden, cell, tmp_path):
 
 
 def test_service_answers_are_unchanged(golden, tmp_path):
+    """/activations exactly; /next's figures to float64 precision: it now renormalises with the
+    library's log_softmax, (z - max) - log sum exp, where it had z - (max + log sum exp), which
+    can move a figure by an ulp or two."""
     got = service_next(tmp_path)
     for key, want in golden["service"].items():
-        assert same(got[key], want, key.split("/")[0] not in LOOSE), key
+        cell = key.split("/")[0]
+        if key.endswith("/activations"):
+            assert same(got[key], want, cell not in LOOSE), key
+        else:
+            assert same(got[key], want, False, 1e-5 if cell in LOOSE else 1e-13), key
 
 
 def test_sample_command_is_unchanged(golden):

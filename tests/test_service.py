@@ -332,13 +332,13 @@ def test_concurrent_requests_repeat_what_they_do_alone(app):
 
 def test_prompts_are_read_on_the_request_thread_not_the_engines(app, monkeypatch):
     """The engine's thread steps every stream: reading a long prompt there would stall them."""
-    import charlm.sampling as S
+    import charlm.generate.kernels as GK
 
     readers = []
     for name in ("prime", "prime_threads"):
-        kernel = getattr(S, name)
-        monkeypatch.setattr(S, name, lambda *a, k=kernel: (
-            readers.append((threading.current_thread().name, len(a[7]))), k(*a))[1])
+        kernel = getattr(GK, name)
+        monkeypatch.setattr(GK, name, lambda *a, k=kernel: (
+            readers.append((threading.current_thread().name, len(a[1]))), k(*a))[1])
     prompt = "abcdefgh " * 20
     out = app.test_client().post("/generate", json={
         "inputs": prompt, "parameters": {"max_new_tokens": 5}}).json
