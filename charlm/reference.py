@@ -1,8 +1,9 @@
 """The language model in plain NumPy, written from the README's equations: read this first.
 
-Each cell's step and the forward pass over a window, in float64. The numba kernels compute the
-same things fast, and the tests check them against this file. It needs nothing but NumPy, and
-speaks the model's parameter names: E, W{l}, U{l}, b{l} (P{l}, bh{l}), Wy, by.
+Each cell's step, the forward pass over a window and backpropagation through time (LSTM), in
+float64. The numba kernels compute the same things fast, and the tests check them against this
+file. It needs nothing but NumPy, and speaks the model's parameter names: E, W{l}, U{l}, b{l}
+(P{l}, bh{l}), Wy, by.
 """
 
 import numpy as np
@@ -115,3 +116,65 @@ def cross_entropy(logits, targets):
     z = logits - logits.max(axis=-1, keepdims=True)
     logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))  # log softmax, without underflow
     return -np.take_along_axis(logp, targets[..., None], axis=-1).mean()
+
+
+# --------------------------------------------------------------------------------------------
+# backpropagation through time (LSTM)
+
+
+def loss_and_grad(params, n_layer, idx, targets, h0, c0, masks=None):
+    """The LSTM's mean cross-entropy of targets (B, T) after idx (B, T), and its gradient.
+
+    The forward pass keeps every step's gates and states; the backward pass runs the same steps
+    in reverse, top layer first. With dh_t the gradient reaching h_t (from the layer above,
+    plus from step t+1) and dc_t the one reaching c_t:
+
+        dc_t = dc_{t+1} ⊙ f_{t+1} + dh_t ⊙ o_t ⊙ (1 - tanh²(c_t))
+        dz^i = dc_t ⊙ g_t ⊙ i_t(1 - i_t)        dz^f = dc_t ⊙ c_{t-1} ⊙ f_t(1 - f_t)
+        dz^g = dc_t ⊙ i_t ⊙ (1 - g_t²)           dz^o = dh_t ⊙ tanh(c_t) ⊙ o_t(1 - o_t)
+        dh_{t-1} += dz_t Uᵀ    dU = Σ_t h_{t-1}ᵀ dz_t    dW = Σ_t x_tᵀ dz_t    db = Σ_t dz_t
+
+    Returns the loss and a dict of gradients named and shaped as the parameters.
+    """
+    p = {name: np.asarray(v, np.float64) for name, v in params.items()}
+    B, T = idx.shape
+    xs = [p["E"][idx[:, t]] for t in range(T)]
+    caches = []  # per layer, per step: (x, h_prev, c_prev, i, f, g, o, c)
+    for layer in range(n_layer):
+        h, c, cache, out = h0[layer], c0[layer], [], []
+        for t in range(T):
+            i, f, g, o = lstm_gates(p, layer, xs[t], h)
+            c_new = f * c + i * g
+            cache.append((xs[t], h, c, i, f, g, o, c_new))
+            h, c = o * np.tanh(c_new), c_new
+            out.append(h if masks is None else h * masks[layer][t])
+        caches.append(cache)
+        xs = out
+    logits = np.stack([x @ p["Wy"] + p["by"] for x in xs])  # (T, B, V)
+    loss = cross_entropy(logits, targets.T)
+    probs, onehot = softmax(logits), np.eye(logits.shape[-1])[targets.T]  # (T, B, V) each
+
+    grads = {name: np.zeros_like(v) for name, v in p.items()}
+    dlogits = (probs - onehot) / (T * B)  # the mean over all T*B predictions
+    grads["Wy"] += sum(x.T @ dy for x, dy in zip(xs, dlogits, strict=True))
+    grads["by"] += dlogits.sum(axis=(0, 1))
+    dxs = list(dlogits @ p["Wy"].T)  # per step, the gradient reaching the layer's output
+    for layer in reversed(range(n_layer)):
+        W, U = p[f"W{layer}"], p[f"U{layer}"]
+        dh_next = dc_next = np.zeros((B, U.shape[0]))  # nothing comes back from step T+1
+        for t in reversed(range(T)):
+            x, h_prev, c_prev, i, f, g, o, c = caches[layer][t]
+            dh = dxs[t] if masks is None else dxs[t] * masks[layer][t]  # from above
+            dh = dh + dh_next  # and from step t+1
+            tanh_c = np.tanh(c)
+            dc = dc_next + dh * o * (1 - tanh_c**2)
+            dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f),
+                                 dc * i * (1 - g**2), dh * tanh_c * o * (1 - o)], axis=1)
+            grads[f"W{layer}"] += x.T @ dz
+            grads[f"U{layer}"] += h_prev.T @ dz
+            grads[f"b{layer}"] += dz.sum(axis=0)
+            dh_next, dc_next = dz @ U.T, dc * f  # to step t-1
+            dxs[t] = dz @ W.T  # to the layer below (or the embedding)
+    for t in range(T):  # x_t = E[idx_t] gathers rows, so its gradient adds into them
+        np.add.at(grads["E"], idx[:, t], dxs[t])
+    return loss, grads
