@@ -1,9 +1,9 @@
 """The language model in plain NumPy, written from the README's equations: read this first.
 
-Each cell's step, the forward pass over a window and backpropagation through time (LSTM), in
-float64. The numba kernels compute the same things fast, and the tests check them against this
-file. It needs nothing but NumPy, and speaks the model's parameter names: E, W{l}, U{l}, b{l}
-(P{l}, bh{l}), Wy, by.
+Each cell's step, the forward pass over a window, backpropagation through time (LSTM) and a
+sampling loop in the style of nanoGPT's `generate`, in float64. The numba kernels compute the
+same things fast, and the tests check them against this file. It needs nothing but NumPy, and
+speaks the model's parameter names: E, W{l}, U{l}, b{l} (P{l}, bh{l}), Wy, by.
 """
 
 import numpy as np
@@ -178,3 +178,62 @@ def loss_and_grad(params, n_layer, idx, targets, h0, c0, masks=None):
     for t in range(T):  # x_t = E[idx_t] gathers rows, so its gradient adds into them
         np.add.at(grads["E"], idx[:, t], dxs[t])
     return loss, grads
+
+
+# --------------------------------------------------------------------------------------------
+# sampling
+
+
+def sample_probs(logits, temperature=1.0, top_k=None, top_p=None):
+    """The distribution the next character is drawn from, given its logits (V,).
+
+    softmax(logits / temperature), cropped to the top_k most probable characters, then to the
+    nucleus: the fewest most probable of those whose mass reaches top_p of the mass they hold.
+    Temperature 0 is greedy: all the mass on the first most probable character.
+    """
+    if temperature == 0:
+        return np.eye(len(logits))[np.argmax(logits)]
+    p = softmax(np.asarray(logits, np.float64) / temperature)
+    keep = np.argsort(-p, kind="stable")  # most probable first, ties in index order
+    if top_k:
+        keep = keep[:top_k]
+    if top_p is not None and top_p < 1:
+        mass = np.cumsum(p[keep]) / p[keep].sum()
+        keep = keep[: np.searchsorted(mass, top_p) + 1]  # the first whose mass reaches top_p
+    q = np.zeros_like(p)
+    q[keep] = p[keep]
+    return q / q.sum()
+
+
+def read(params, n_layer, cell, ids, h, c):
+    """Feed ids (a list) from h, c (n_layer, 1, H): the logits (V,) after them, the new h, c."""
+    if not ids:  # nothing to read: the head sees h as it is
+        return (h[-1] @ params["Wy"] + params["by"])[0], h, c
+    logits, h, c = forward(params, n_layer, np.array([ids]), h, c, cell=cell)
+    return logits[0, -1], h, c
+
+
+def next_distribution(params, n_layer, cell, idx, temperature=1.0, top_k=None, top_p=None):
+    """The distribution of the character after the prompt idx (a list of ids), from zero."""
+    h = np.zeros((n_layer, 1, params["U0"].shape[0]))  # the zero state (gru and rnn ignore c)
+    logits, _, _ = read(params, n_layer, cell, list(idx), h, h)
+    return sample_probs(logits, temperature, top_k, top_p)
+
+
+def generate(params, n_layer, cell, idx, max_new_chars, temperature=1.0, top_k=None,
+             top_p=None, rng=None):
+    """Continue the prompt idx (a list of ids) by max_new_chars characters, as nanoGPT does.
+
+    Each step feeds what is new (the prompt, then the last character drawn), divides the
+    logits by the temperature, crops them to top_k and top_p, and draws. Returns idx + new.
+    """
+    rng = np.random.default_rng() if rng is None else rng
+    params = {name: np.asarray(v, np.float64) for name, v in params.items()}
+    h = c = np.zeros((n_layer, 1, params["U0"].shape[0]))  # the zero state
+    idx, new = list(idx), list(idx)
+    for _ in range(max_new_chars):
+        logits, h, c = read(params, n_layer, cell, new, h, c)
+        probs = sample_probs(logits, temperature, top_k, top_p)
+        new = [int(rng.choice(len(probs), p=probs))]
+        idx += new
+    return idx
