@@ -237,3 +237,26 @@ def generate(params, n_layer, cell, idx, max_new_chars, temperature=1.0, top_k=N
         new = [int(rng.choice(len(probs), p=probs))]
         idx += new
     return idx
+
+
+if __name__ == "__main__":  # learn a line by BPTT and Adagrad (min-char-rnn), then sample it
+    text = "hello world, hello charlm. " * 3
+    itos = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(itos)}
+    data = np.array([[stoi[ch] for ch in text]])  # (1, len(text)): one stream
+    V, n_embd, n_hidden = len(itos), 8, 32
+    rng = np.random.default_rng(0)
+    shapes = {"E": (V, n_embd), "W0": (n_embd, 4 * n_hidden), "U0": (n_hidden, 4 * n_hidden),
+              "b0": (4 * n_hidden,), "Wy": (n_hidden, V), "by": (V,)}
+    params = {name: rng.uniform(-0.3, 0.3, shape) for name, shape in shapes.items()}
+    memory = {name: np.zeros(shape) for name, shape in shapes.items()}  # Adagrad's sum of g²
+    h0 = c0 = np.zeros((1, 1, n_hidden))  # (n_layer, B, H): every window starts from zero
+    for it in range(201):
+        loss, grads = loss_and_grad(params, 1, data[:, :-1], data[:, 1:], h0, c0)
+        for name in params:
+            memory[name] += grads[name] ** 2
+            params[name] -= 0.1 * grads[name] / np.sqrt(memory[name] + 1e-8)
+        if it % 50 == 0:
+            print(f"iter {it}: loss {loss:.4f}")
+    ids = generate(params, 1, "lstm", [stoi["h"]], 60, temperature=0.5, rng=rng)
+    print("".join(itos[i] for i in ids))

@@ -1,8 +1,14 @@
 """charlm.reference against finite differences, and the kernels against charlm.reference."""
 
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from charlm import reference
 from charlm.generate import Generator
 from charlm.model import CELLS, CharLSTM, ModelConfig
 from charlm.reference import (
@@ -175,3 +181,23 @@ def test_reference_generation_is_seeded():
     assert a == b and a != c
     assert a[: len(PROMPT)] == encode(PROMPT) and len(a) == len(PROMPT) + 40
     assert len(generate(model.params, 2, "lstm", [], 5, rng=np.random.default_rng(0))) == 5
+
+
+# --------------------------------------------------------------------------------------------
+# the file a learner reads alone
+
+
+def test_it_needs_nothing_but_numpy():
+    tree = ast.parse(Path(reference.__file__).read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    assert imported == {"numpy"}
+    assert not [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+
+
+def test_the_demo_learns_its_line_and_samples_it():
+    run = subprocess.run([sys.executable, "-m", "charlm.reference"], capture_output=True,
+                         text=True, check=True, timeout=120)
+    *losses, sample = run.stdout.splitlines()
+    assert float(losses[0].split()[-1]) > 2 and float(losses[-1].split()[-1]) < 0.05
+    assert sample.startswith("hello world, hello charlm. ")
