@@ -8,11 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-from reference import reference_forward
 
 from charlm.checkpoint import load_checkpoint, save_checkpoint
 from charlm.generate import Batch, Generator, PackedModel, SampleSettings
 from charlm.model import CELLS, CharLSTM, ModelConfig, param_shapes
+from charlm.reference import forward
 
 ITOS = list("\n !',.:;?abcdefghijklmnopqrstuvwxyz")
 PROMPT = "to be or not to be"
@@ -99,8 +99,8 @@ def test_activations(cell):
         {"c"} if spec.has_c else set()) | {"h"}
     assert len(acts) == 2 and all(set(a) == names for a in acts)
     assert all(a.shape == (2, len(PROMPT), 20) for layer in acts for a in layer.values())
-    _, ref_h, ref_c = reference_forward(model.params, 2, idx, np.zeros_like(state.h),
-                                        np.zeros_like(state.c), cell=cell)
+    _, ref_h, ref_c = forward(model.params, 2, idx, np.zeros_like(state.h),
+                              np.zeros_like(state.c), cell=cell)
     for layer in range(2):
         np.testing.assert_allclose(acts[layer]["h"][:, -1], ref_h[layer], rtol=1e-10)
         np.testing.assert_array_equal(acts[layer]["h"][:, -1], state.h[layer])

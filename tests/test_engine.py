@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from reference import reference_forward, reference_loss
 
 from charlm.model import CELLS, CharLSTM, ModelConfig, State
 from charlm.optim import Adam, RMSprop, clip_grad_norm
+from charlm.reference import cross_entropy, forward
 
 CFG = ModelConfig(vocab_size=7, n_embd=5, n_hidden=6, n_layer=2, dropout=0.3, dtype="float64")
 B, T = 3, 5
@@ -70,9 +70,9 @@ def test_gradients_match_finite_differences(nonzero_state, dropout, cell):
 @pytest.mark.parametrize("dropout", [False, True])
 def test_forward_matches_numpy_reference(dropout, cell):
     model, idx, targets, state, masks = setup(True, dropout, seed=3, cell=cell)
-    ref_logits, ref_h, ref_c = reference_forward(model.params, CFG.n_layer, idx, state.h,
-                                                 state.c, masks, cell=cell)
-    ref = reference_loss(ref_logits, targets)
+    ref_logits, ref_h, ref_c = forward(model.params, CFG.n_layer, idx, state.h, state.c, masks,
+                                       cell=cell)
+    ref = cross_entropy(ref_logits, targets)
     ws = model.forward(idx, state, masks)
     logits = ws.logits.reshape(T, B, -1).transpose(1, 0, 2)
     np.testing.assert_allclose(logits, ref_logits, rtol=1e-6, atol=1e-12)

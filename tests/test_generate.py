@@ -1,4 +1,4 @@
-"""Generation against CharLSTM.forward and a NumPy softmax: controls, batching, reproducibility."""
+"""Generation against charlm.reference: distributions, controls, batching, reproducibility."""
 
 import io
 import subprocess
@@ -8,6 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from charlm import reference
 from charlm.cli import distribution_table, print_sample, visible
 from charlm.errors import CharlmError
 from charlm.generate import (
@@ -45,15 +46,10 @@ def gen(model) -> Generator:
 
 
 def reference_probs(model: CharLSTM, text: str, temperature: float = 1.0) -> np.ndarray:
-    """softmax(last logits / T) after text, from CharLSTM.forward: independent of the sampler."""
-    if text:
-        idx = np.array([[ITOS.index(ch) for ch in text]])
-        z = model.forward(idx, model.zero_state(1)).logits[-1].astype(np.float64)
-    else:  # the zero state: the head sees h = 0
-        z = model.params["by"].astype(np.float64)
-    z = z / temperature
-    e = np.exp(z - z.max())
-    return e / e.sum()
+    """softmax(last logits / T) after text, from charlm.reference: independent of the kernels."""
+    ids = [ITOS.index(ch) for ch in text]
+    return reference.next_distribution(model.params, model.config.n_layer, model.config.cell,
+                                       ids, temperature)
 
 
 def allowed(p: np.ndarray, top_k: int, top_p: float, tol: float = 1e-6) -> set[int]:
