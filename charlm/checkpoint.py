@@ -5,12 +5,9 @@ Layout: "param/<name>" for each tensor of param_shapes, "opt/<key>" for the opti
 untrusted file cannot run code. Writes are atomic: a crash leaves the previous checkpoint whole.
 """
 
-import contextlib
 import copy
 import hashlib
 import json
-import os
-import secrets
 from dataclasses import MISSING, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
@@ -18,6 +15,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from charlm import __version__
+from charlm.data import atomic_write
 from charlm.errors import CharlmError
 from charlm.model import CharLSTM, ModelConfig, param_shapes
 
@@ -92,7 +90,8 @@ def save_checkpoint(path: Path | str, model: CharLSTM, vocab: list[str], meta: d
     except _ContentError as e:
         raise CharlmError(f"refusing to write {path}: it {e}") from None
     try:
-        _write_atomic(path, arrays)
+        with atomic_write(path) as f:  # a file object: np.savez adds .npz to a bare name
+            np.savez(f, allow_pickle=False, **arrays)
     except OSError as e:
         raise CharlmError(f"cannot write {path}: {_oneline(e)}") from None
 
@@ -126,30 +125,6 @@ def find_checkpoint(path_or_dir: Path | str) -> Path:
     if not p.exists():
         raise CharlmError(f"{p} does not exist")
     return p
-
-
-def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write a temp file beside path, fsync it, rename it over path, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        # a file object, because np.savez appends .npz to a name that lacks it
-        with open(tmp, "xb") as f:
-            np.savez(f, allow_pickle=False, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":
-        # make the rename itself durable; some filesystems refuse, and it has happened anyway
-        with contextlib.suppress(OSError):
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
 
 def _read(path: Path) -> tuple[dict[str, np.ndarray], str]:

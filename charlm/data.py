@@ -44,7 +44,12 @@ def default_cache_dir() -> Path:
 
 @contextmanager
 def atomic_write(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that appears at path, whole, only if the block ends without an exception."""
+    """A binary file that appears at path, whole, only if the block ends without an exception.
+
+    The bytes go to a temp file beside path (.NAME.XXXXXXXX.tmp), which is fsynced and renamed
+    over path; then the directory is fsynced too. A crash leaves the previous file whole (and at
+    worst a stray temp file), never a partial one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -53,12 +58,20 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a corpus or cache file need not be
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; corpora and checkpoints need not be
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if os.name == "posix":
+        # make the rename itself durable; some filesystems refuse, and it has happened anyway
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
 
 # -- reading ----------------------------------------------------------------------------------
