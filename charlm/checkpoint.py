@@ -6,7 +6,6 @@ untrusted file cannot run code. Writes are atomic: a crash leaves the previous c
 """
 
 import copy
-import hashlib
 import json
 from dataclasses import MISSING, dataclass, fields
 from datetime import datetime, timezone
@@ -15,7 +14,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from charlm import __version__
-from charlm.data import atomic_write
+from charlm.data import atomic_write, file_sha256
 from charlm.errors import CharlmError
 from charlm.model import CharLSTM, ModelConfig, param_shapes
 
@@ -111,7 +110,7 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
 def checkpoint_sha256(path: Path | str) -> str:
     """The sha256 of a checkpoint file, for the model card."""
     with _open(Path(path)) as f:
-        return _sha256(f)
+        return file_sha256(f)
 
 
 def find_checkpoint(path_or_dir: Path | str) -> Path:
@@ -134,7 +133,7 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], str]:
             raise CharlmError(f"{path} is not a charlm checkpoint (not an npz archive)")
         # one open file for hash and arrays, so a concurrent replace cannot mix two files
         f.seek(0)
-        sha256 = _sha256(f)
+        sha256 = file_sha256(f)
         f.seek(0)
         try:
             with np.load(f, allow_pickle=False) as npz:
@@ -289,13 +288,6 @@ def _jsonable(x: object) -> object:
     if isinstance(x, PurePath):
         return str(x)
     raise TypeError(f"{type(x).__name__} cannot go in checkpoint metadata")
-
-
-def _sha256(f) -> str:
-    h = hashlib.sha256()
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 def _oneline(e: BaseException) -> str:

@@ -74,6 +74,22 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
                 os.close(dir_fd)
 
 
+def file_sha256(file: Path | BinaryIO) -> str:
+    """The sha256 of a file's bytes, as hex. A path is opened and read whole; an open binary
+    file is read from where it stands to its end, so a caller can hash the very file it goes
+    on to read (a file replaced in between cannot make the two disagree)."""
+    if not isinstance(file, (str, os.PathLike)):
+        h = hashlib.sha256()
+        while block := file.read(CHUNK_BYTES):
+            h.update(block)
+        return h.hexdigest()
+    try:
+        with open(file, "rb") as f:
+            return file_sha256(f)
+    except OSError as e:
+        raise CharlmError(f"could not read {file}: {e.strerror or e}") from None
+
+
 # -- reading ----------------------------------------------------------------------------------
 
 
@@ -155,17 +171,6 @@ def _pieces(path: Path, errors: str) -> Iterator[tuple[int, str]]:
                 start, pending = start + cut, buf[cut:]
     except OSError as e:
         raise CharlmError(f"could not read {path}: {e.strerror or e}") from None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(CHUNK_BYTES):
-                h.update(block)
-    except OSError as e:
-        raise CharlmError(f"could not read {path}: {e.strerror or e}") from None
-    return h.hexdigest()
 
 
 # -- the vocabulary ---------------------------------------------------------------------------
@@ -404,7 +409,7 @@ def load_corpus(path: Path, val_frac: float = 0.1, encoding_errors: str = "stric
     _check_val_frac(val_frac)
     _check_errors(encoding_errors)
     size = _check_file(path)
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if size <= CACHE_MIN_BYTES:
         return _in_memory(path, digest, val_frac, encoding_errors)
     key = hashlib.sha256(f"{digest} {val_frac!r} {encoding_errors}".encode()).hexdigest()

@@ -356,3 +356,14 @@ def test_atomic_write_leaves_the_old_file_when_the_block_fails(tmp_path):
         f.write(b"half of the new")
         raise RuntimeError
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_file_sha256_of_a_path_or_the_rest_of_an_open_file(tmp_path):
+    raw = bytes(range(256)) * 5000  # several read blocks
+    path = write(tmp_path / "f.bin", raw)
+    assert data.file_sha256(path) == data.file_sha256(str(path)) == hashlib.sha256(raw).hexdigest()
+    with open(path, "rb") as f:
+        f.seek(1000)
+        assert data.file_sha256(f) == hashlib.sha256(raw[1000:]).hexdigest()
+    with pytest.raises(CharlmError, match=r"could not read .*missing"):
+        data.file_sha256(tmp_path / "missing")
