@@ -21,11 +21,12 @@ import numpy as np
 
 from charlm import reber
 from charlm.batches import Batcher
+from charlm.data import Vocab
 from charlm.errors import CharlmError
 from charlm.model import CELLS, CharLSTM, ModelConfig
 from charlm.optim import Adam, clip_grad_norm
 
-ITOS = sorted(reber.ALPHABET + reber.NEWLINE)  # the vocabulary `charlm train` builds from it
+VOCAB = Vocab.from_text(reber.ALPHABET + reber.NEWLINE)  # what `charlm train` builds from it
 
 
 @dataclass
@@ -78,8 +79,8 @@ class RunResult:
 
 
 def encode(strings: list[str]) -> np.ndarray:
-    stoi = {ch: v for v, ch in enumerate(ITOS)}
-    return np.array([stoi[ch] for ch in "\n".join(strings) + "\n"], np.uint8)
+    """The strings one per line, as ids of VOCAB."""
+    return VOCAB.encode("\n".join(strings) + "\n")
 
 
 def train_run(cfg: ReberConfig, cell: str, seed: int) -> RunResult:
@@ -88,8 +89,9 @@ def train_run(cfg: ReberConfig, cell: str, seed: int) -> RunResult:
     # distinct seeds for training, held-out and final strings
     train = encode(reber.generate(cfg.train_strings, 3 * seed, cfg.grammar))
     held_out = reber.generate(cfg.eval_strings, 3 * seed + 1, cfg.grammar)
-    model = CharLSTM(ModelConfig(vocab_size=len(ITOS), n_embd=cfg.n_embd, n_hidden=cfg.n_hidden,
-                                 n_layer=cfg.n_layer, dropout=0.0, cell=cell), seed=seed)
+    model = CharLSTM(ModelConfig(vocab_size=VOCAB.vocab_size, n_embd=cfg.n_embd,
+                                 n_hidden=cfg.n_hidden, n_layer=cfg.n_layer, dropout=0.0,
+                                 cell=cell), seed=seed)
     opt = Adam(model.n_params, model.dtype)
     batcher = Batcher(train, cfg.batch_size, cfg.seq_len)
     state = model.zero_state(cfg.batch_size)
@@ -103,11 +105,12 @@ def train_run(cfg: ReberConfig, cell: str, seed: int) -> RunResult:
         clip_grad_norm(model.grad, cfg.grad_clip)
         opt.update(model.theta, model.grad, cfg.lr)
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            acc = reber.score_model(model, ITOS, held_out, cfg.grammar, cfg.threshold).accuracy
+            acc = reber.score_model(model, VOCAB.itos, held_out, cfg.grammar,
+                                    cfg.threshold).accuracy
             curve.append((step, acc))
             if acc == 1.0 and solved_at is None:
                 solved_at = step
-    final = reber.score_model(model, ITOS, reber.generate(cfg.final_strings, 3 * seed + 2,
+    final = reber.score_model(model, VOCAB.itos, reber.generate(cfg.final_strings, 3 * seed + 2,
                                                           cfg.grammar),
                               cfg.grammar, cfg.threshold)
     return RunResult(cell, seed, model.n_params, solved_at, final.accuracy, final.long_range,

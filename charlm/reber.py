@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from charlm.data import Vocab
 from charlm.errors import CharlmError
 
 NEWLINE = "\n"
@@ -136,7 +137,7 @@ def score(predict: Predictor, itos: Sequence[str], strings: Sequence[str],
     if missing:
         raise CharlmError(f"the model's vocabulary lacks {', '.join(map(repr, missing))}: it "
                           "was not trained on a Reber corpus")
-    stoi = {ch: v for v, ch in enumerate(itos)}
+    stoi = Vocab(list(itos)).stoi
     embedded = grammar == "embedded-reber"
     groups = streams_of(strings, n_streams)
     texts = [NEWLINE + NEWLINE.join(g) + NEWLINE for g in groups]
@@ -173,15 +174,15 @@ def model_predictor(model, itos: Sequence[str], seq_len: int = 100) -> Predictor
     """The predictor of a CharLSTM with vocabulary itos: the texts read side by side from the
     zero state (shorter ones padded with newlines at the end), in windows of seq_len with the
     state carried from one to the next, as in training and `charlm eval`."""
-    stoi = {ch: v for v, ch in enumerate(itos)}
+    vocab = Vocab(list(itos))
 
     def predict(texts: list[str]) -> list[np.ndarray]:
         T = max(len(t) for t in texts)
-        idx = np.full((len(texts), T), stoi[NEWLINE], np.int64)
+        idx = np.full((len(texts), T), vocab.stoi[NEWLINE], np.int64)
         for n, text in enumerate(texts):
-            idx[n, : len(text)] = [stoi[ch] for ch in text]
+            idx[n, : len(text)] = vocab.encode(text)
         state = model.zero_state(len(texts))
-        out = np.empty((len(texts), T, len(itos)))
+        out = np.empty((len(texts), T, vocab.vocab_size))
         for t0 in range(0, T, seq_len):
             window = idx[:, t0 : t0 + seq_len]
             B, Tw = window.shape
