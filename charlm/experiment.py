@@ -24,7 +24,8 @@ from charlm.batches import Batcher
 from charlm.data import Vocab
 from charlm.errors import CharlmError
 from charlm.model import CELLS, CharLSTM, ModelConfig
-from charlm.optim import Adam, clip_grad_norm
+from charlm.optim import Adam
+from charlm.train import train_step
 
 VOCAB = Vocab.from_text(reber.ALPHABET + reber.NEWLINE)  # what `charlm train` builds from it
 
@@ -101,9 +102,7 @@ def train_run(cfg: ReberConfig, cell: str, seed: int) -> RunResult:
         if batcher.wrapped:
             state.h[:] = 0
             state.c[:] = 0
-        losses.append(model.loss_and_grad(x, y, state))
-        clip_grad_norm(model.grad, cfg.grad_clip)
-        opt.update(model.theta, model.grad, cfg.lr)
+        losses.append(train_step(model, opt, x, y, state, cfg.lr, cfg.grad_clip))
         if step % cfg.eval_every == 0 or step == cfg.steps:
             acc = reber.score_model(model, VOCAB.itos, held_out, cfg.grammar,
                                     cfg.threshold).accuracy

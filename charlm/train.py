@@ -16,7 +16,7 @@ from charlm.batches import Batcher, iter_eval
 from charlm.data import Corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLSTM, ModelConfig, State
-from charlm.optim import OPTIMIZERS, clip_grad_norm
+from charlm.optim import OPTIMIZERS, Adam, RMSprop, clip_grad_norm
 
 LN2 = math.log(2)
 DEFAULT_MINUTES = 10.0  # the budget when no --max-* is given
@@ -77,6 +77,39 @@ def get_lr(it: int, progress: float, cfg: TrainConfig) -> float:
     if cfg.lr_decay == "linear":
         return cfg.lr - (cfg.lr - min_lr) * progress
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class NonFiniteLossError(CharlmError):
+    """A step's loss was NaN or infinite; the step left the parameters as they were."""
+
+    def __init__(self, loss: float) -> None:
+        super().__init__(f"the loss became {loss}; training stopped (try a lower --lr)")
+        self.loss = loss
+
+    def __reduce__(self):  # rebuilt from the loss when it crosses from a worker process
+        return type(self), (self.loss,)
+
+
+def train_step(model: CharLSTM, opt: Adam | RMSprop, x: np.ndarray, y: np.ndarray,
+               state: State, lr: float, grad_clip: float,
+               rng: np.random.Generator | None = None) -> float:
+    """One training step on the window x -> y (both (B, T) ids); returns its loss, nats/char.
+
+    Forward and backward (through dropout masks drawn from rng, when the model has dropout),
+    a check that the loss is finite (NonFiniteLossError if not, before any update), clipping of the
+    gradient's global norm to grad_clip (0: no clipping) and the optimizer's update at lr.
+    state is advanced in place to the state after the window (truncated BPTT).
+    """
+    masks = None
+    if model.config.dropout > 0:
+        B, T = x.shape
+        masks = model.sample_masks(model.workspace(T, B), rng)
+    loss = model.loss_and_grad(x, y, state, masks)
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(loss)
+    clip_grad_norm(model.grad, grad_clip)
+    opt.update(model.theta, model.grad, lr)
+    return loss
 
 
 def estimate_loss(model: CharLSTM, data: np.ndarray, batch_size: int, seq_len: int) -> float:
@@ -160,7 +193,6 @@ class Trainer:
             self.loss_window = [0.0, 0]  # train loss summed since the last record, and steps
         else:
             self._restore(resume)
-        self.masks_ws = self.model.workspace(cfg.seq_len, cfg.batch_size)
 
     # -- checkpoint state ----------------------------------------------------------------------
 
@@ -228,15 +260,13 @@ class Trainer:
         if self.batcher.wrapped:  # a new pass over the text: streams restart, so does state
             self.state.h[:] = 0
             self.state.c[:] = 0
-        masks = None
-        if self.model.config.dropout > 0:
-            masks = self.model.sample_masks(self.masks_ws, self.rng)
-        loss = self.model.loss_and_grad(x, y, self.state, masks)
-        if not math.isfinite(loss):
-            raise CharlmError(f"the loss became {loss} at step {self.step + 1}; training stopped "
-                              "(try a lower --lr); the last good checkpoint is kept")
-        clip_grad_norm(self.model.grad, self.cfg.grad_clip)
-        self.opt.update(self.model.theta, self.model.grad, lr)
+        try:
+            loss = train_step(self.model, self.opt, x, y, self.state, lr, self.cfg.grad_clip,
+                              self.rng)
+        except NonFiniteLossError as e:
+            raise CharlmError(f"the loss became {e.loss} at step {self.step + 1}; training "
+                              "stopped (try a lower --lr); the last good checkpoint is kept"
+                              ) from None
         self.step += 1
         return loss
 
