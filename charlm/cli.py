@@ -289,7 +289,7 @@ def serve(
                    ] = False,
 ) -> None:
     """Serve checkpoints over HTTP (gunicorn with service/gunicorn.conf.py)."""
-    from charlm.serve import run_serve
+    from service.launch import run_serve
 
     run_serve(checkpoints, host=host, port=port, workers=workers, api_key=api_key,
               cors_origins=cors_origins, dev=dev)

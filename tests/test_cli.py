@@ -190,3 +190,7 @@ def test_sample_and_distribution(trained):
                    r"error: temperature")
     one_line_error(invoke("sample", str(trained / "ck"), "--top-p", "0"), r"error: top_p")
     one_line_error(invoke("sample", str(trained / "ck"), "--prompt", "ZZZ"), r"error: .*Z")
+
+
+def test_serve_refuses_a_missing_checkpoint_directory(tmp_path):
+    one_line_error(invoke("serve", str(tmp_path / "nope")), r"error: .*nope.* does not exist")

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from charlm.errors import CharlmError
-from charlm.serve import gunicorn_argv, serve_env
+from service.launch import gunicorn_argv, serve_env
 
 DEFAULT = Path("checkpoints/default.npz")
 LEVELS = (1, 8, 32)
