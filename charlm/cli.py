@@ -401,7 +401,7 @@ def bench_serve(
     workers: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
     """Time to first character and chars/s of gunicorn on loopback at 1, 8 and 32 streams."""
-    from charlm.bench.serve import run_serve_bench
+    from service.bench import run_serve_bench
 
     run_serve_bench(json_out=json_out, checkpoint=checkpoint, workers=workers)
 

@@ -337,7 +337,7 @@ def test_serve_env_and_argv(tmp_path):
 def test_the_serve_benchmark_runs(checkpoint_dir, capsys):
     import json as json_
 
-    from charlm.bench.serve import run_serve_bench
+    from service.bench import run_serve_bench
 
     rows = run_serve_bench(json_out=True, checkpoint=checkpoint_dir / "small.npz", chars=20,
                            rounds=1, levels=(1, 4))

@@ -3,6 +3,7 @@
 Reports the time to first character (request sent to first event read), chars/s per stream,
 and total chars/s. The clients are sockets of this process, driven by one thread on the same
 machine, so on a small machine they take some of the CPU the server would otherwise have.
+It sits in the service package, beside the launcher it uses: charlm/ never imports service.
 """
 
 import http.client
