@@ -21,7 +21,9 @@ from charlm.model import CharLSTM, ModelConfig, param_shapes
 FORMAT = "charlm-checkpoint"
 VERSION = 1
 META = "__meta__"
-ADDED_CONFIG = ("forget_bias",)  # ModelConfig fields newer than VERSION 1's first checkpoints
+# ModelConfig fields newer than VERSION 1's first checkpoints, with the value those were made
+# with (stated here: ModelConfig's default may change, what old models were made with cannot)
+ADDED_CONFIG = {"forget_bias": 1.0}
 LATEST, BEST = "latest.npz", "best.npz"  # the trainer's two checkpoints in its output directory
 
 # what the trainer records; a key it leaves out is saved with this default
@@ -237,8 +239,7 @@ def _config(d: object) -> ModelConfig:
     if not isinstance(d, dict):
         raise _ContentError("has an invalid config (not an object)")
     known = {f.name: f for f in fields(ModelConfig)}
-    # fields added since format 1: a checkpoint from before them was made with the default
-    d = {**{name: known[name].default for name in ADDED_CONFIG if name not in d}, **d}
+    d = {**ADDED_CONFIG, **d}  # a checkpoint from before a field was made with its old value
     missing, extra = sorted(known.keys() - d.keys()), sorted(d.keys() - known.keys())
     if missing:
         raise _ContentError(f"has an invalid config (no {', '.join(missing)})")

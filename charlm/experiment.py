@@ -41,6 +41,7 @@ class ReberConfig:
     batch_size: int = 32
     seq_len: int = 50
     lr: float = 1e-2  # Adam, constant
+    forget_bias: float = 1.0  # the forget gate starts open: the task is to remember
     grad_clip: float = 1.0
     eval_every: int = 100  # steps between checks on the held-out strings
     eval_strings: int = 200  # held-out strings of those checks
@@ -92,7 +93,7 @@ def train_run(cfg: ReberConfig, cell: str, seed: int) -> RunResult:
     held_out = reber.generate(cfg.eval_strings, 3 * seed + 1, cfg.grammar)
     model = CharLSTM(ModelConfig(vocab_size=VOCAB.vocab_size, n_embd=cfg.n_embd,
                                  n_hidden=cfg.n_hidden, n_layer=cfg.n_layer, dropout=0.0,
-                                 cell=cell), seed=seed)
+                                 cell=cell, forget_bias=cfg.forget_bias), seed=seed)
     opt = Adam(model.n_params, model.dtype)
     batcher = Batcher(train, cfg.batch_size, cfg.seq_len)
     state = model.zero_state(cfg.batch_size)
