@@ -6,7 +6,7 @@ import math
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -175,7 +175,7 @@ class Trainer:
         corpus.require_length(cfg.batch_size, cfg.seq_len)
         self.steps_per_epoch = max(1, (len(corpus.train) - 1) // (cfg.batch_size * cfg.seq_len))
         if resume is None:
-            model_cfg.vocab_size = self.vocab.vocab_size
+            model_cfg = replace(model_cfg, vocab_size=self.vocab.vocab_size)  # not the caller's
             try:
                 model_cfg.validate()
             except ValueError as e:

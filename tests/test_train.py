@@ -132,6 +132,14 @@ def test_train_step_refuses_a_non_finite_loss_before_any_update(monkeypatch):
     assert np.array_equal(model.theta, before) and opt.step == 1
 
 
+def test_the_trainer_leaves_the_callers_configs_alone(corpus_path, tmp_path):
+    model_cfg, cfg = small_model(), small_train(max_steps=2)
+    t = Trainer(load_corpus(corpus_path), model_cfg, cfg, tmp_path / "a")
+    run(t)
+    assert model_cfg == small_model() and cfg == small_train(max_steps=2)
+    assert t.model.config.vocab_size == t.vocab.vocab_size != model_cfg.vocab_size
+
+
 def test_best_and_latest(corpus_path, tmp_path):
     t = Trainer(load_corpus(corpus_path), small_model(), small_train(max_steps=15),
                 tmp_path / "a")
