@@ -5,7 +5,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -63,6 +63,21 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def resume_options(cfg: TrainConfig, given: Collection[str], previous: ckpt.Checkpoint,
+                   corpus: str | None = None) -> tuple[TrainConfig, str | None]:
+    """The options and corpus of a run resumed from `previous`.
+
+    Each option named in `given` (the ones the user typed) is cfg's; every other is the one the
+    checkpoint was trained with (cfg's, for an option newer than the checkpoint). The corpus is
+    the one named, else the one the checkpoint was trained on.
+    """
+    saved = previous.meta["train_config"]
+    mine = {k: v for k, v in asdict(cfg).items() if k in given or k not in saved}
+    if corpus is None:
+        corpus = previous.meta.get("corpus_path")
+    return TrainConfig.from_dict({**saved, **mine}), corpus
 
 
 def get_lr(it: int, progress: float, cfg: TrainConfig) -> float:

@@ -16,7 +16,15 @@ from charlm.data import load_corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLSTM, ModelConfig
 from charlm.optim import Adam
-from charlm.train import NonFiniteLossError, StopFlag, TrainConfig, Trainer, get_lr, train_step
+from charlm.train import (
+    NonFiniteLossError,
+    StopFlag,
+    TrainConfig,
+    Trainer,
+    get_lr,
+    resume_options,
+    train_step,
+)
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over {i % 7} lazy dogs.\n"
                for i in range(400))
@@ -138,6 +146,19 @@ def test_the_trainer_leaves_the_callers_configs_alone(corpus_path, tmp_path):
     run(t)
     assert model_cfg == small_model() and cfg == small_train(max_steps=2)
     assert t.model.config.vocab_size == t.vocab.vocab_size != model_cfg.vocab_size
+
+
+def test_resume_options_are_the_given_ones_else_the_checkpoints(corpus_path, tmp_path):
+    run(Trainer(load_corpus(corpus_path), small_model(), small_train(max_steps=3, lr=1e-3),
+                tmp_path / "a"))
+    ck = load_checkpoint(tmp_path / "a" / "latest.npz")
+    typed = TrainConfig(max_steps=9, lr=5e-3, warmup_steps=7)  # else the defaults
+    cfg, corpus = resume_options(typed, {"max_steps"}, ck)
+    assert cfg == small_train(max_steps=9, lr=1e-3) and corpus == str(corpus_path.resolve())
+    cfg, corpus = resume_options(typed, {"max_steps", "lr"}, ck, "other.txt")
+    assert cfg == small_train(max_steps=9, lr=5e-3) and corpus == "other.txt"
+    del ck.meta["train_config"]["warmup_steps"]  # as in a checkpoint from before the option
+    assert resume_options(typed, (), ck)[0] == small_train(max_steps=3, lr=1e-3, warmup_steps=7)
 
 
 def test_best_and_latest(corpus_path, tmp_path):
