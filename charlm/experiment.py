@@ -47,7 +47,7 @@ class ReberConfig:
     eval_strings: int = 200  # held-out strings of those checks
     final_strings: int = 1000  # fresh strings scored at the end
     train_strings: int = 10000  # the training stream (about 12 characters a string)
-    threshold: float = 0.1
+    threshold: float = reber.THRESHOLD
     grammar: str = "embedded-reber"
     jobs: int = 0  # worker processes (0: one per core)
 

@@ -24,6 +24,7 @@ from charlm.errors import CharlmError
 NEWLINE = "\n"
 ALPHABET = "BEPSTVX"  # the grammar's symbols; with "\n" between strings, what a model sees
 GRAMMARS = ("reber", "embedded-reber")
+THRESHOLD = 0.1  # a character is predicted when its probability is above this
 
 # the Reber automaton: state -> {symbol: next state}; 7 accepts, both ways out are equally likely
 REBER = {
@@ -126,7 +127,8 @@ def streams_of(strings: Sequence[str], n_streams: int) -> list[list[str]]:
 
 
 def score(predict: Predictor, itos: Sequence[str], strings: Sequence[str],
-          grammar: str = "reber", threshold: float = 0.1, n_streams: int = 32) -> GrammarScore:
+          grammar: str = "reber", threshold: float = THRESHOLD,
+          n_streams: int = 32) -> GrammarScore:
     """How well predict knows the grammar, on these strings (see the module's docstring).
 
     At each position the predicted set is {v : p_v > threshold}; it must equal the legal set.
@@ -195,7 +197,8 @@ def model_predictor(model, itos: Sequence[str], seq_len: int = 100) -> Predictor
 
 
 def score_model(model, itos: Sequence[str], strings: Sequence[str], grammar: str = "reber",
-                threshold: float = 0.1, n_streams: int = 32, seq_len: int = 100) -> GrammarScore:
+                threshold: float = THRESHOLD, n_streams: int = 32,
+                seq_len: int = 100) -> GrammarScore:
     """score() with a CharLSTM (vocabulary itos) as the predictor."""
     return score(model_predictor(model, itos, seq_len), itos, strings, grammar, threshold,
                  n_streams)

@@ -19,6 +19,7 @@ from charlm.model import CharLSTM, ModelConfig, State
 from charlm.optim import OPTIMIZERS, Adam, RMSprop, clip_grad_norm
 
 LN2 = math.log(2)
+LR_DECAYS = ("cosine", "linear", "constant")  # the learning-rate schedules of get_lr
 DEFAULT_MINUTES = 10.0  # the budget when no --max-* is given
 
 
@@ -49,8 +50,8 @@ class TrainConfig:
             raise CharlmError(f"--lr must be a positive number, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise CharlmError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
-        if self.lr_decay not in ("cosine", "linear", "constant"):
-            raise CharlmError("--lr-decay must be one of cosine, linear, constant")
+        if self.lr_decay not in LR_DECAYS:
+            raise CharlmError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}")
         if not 0 <= self.min_lr_frac <= 1:
             raise CharlmError("--min-lr-frac must be in [0, 1]")
         if not 0 <= self.val_frac <= 0.5:

@@ -25,6 +25,8 @@ CONFIGS = ((2, 128), (2, 512))
 TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}  # torch.nn's name of each cell
 VOCAB = 65
 LR, CLIP = 2e-3, 5.0
+BATCH, SEQ_LEN = 50, 50  # the window of every timed step
+ROUNDS = 5  # interleaved measurement rounds
 
 
 def blas_threads() -> int:
@@ -125,8 +127,8 @@ def profile_charlm(n_layer: int, n_hidden: int, B: int, T: int, n: int,
     return profile
 
 
-def run_train_bench(batch: int = 50, seq_len: int = 50, rounds: int = 5, json_out: bool = False,
-                    profile: bool = False,
+def run_train_bench(batch: int = BATCH, seq_len: int = SEQ_LEN, rounds: int = ROUNDS,
+                    json_out: bool = False, profile: bool = False,
                     configs: tuple[tuple[int, int], ...] = CONFIGS,
                     cells: tuple[str, ...] = tuple(CELLS)) -> list[dict]:
     """Time charlm and (when importable) torch on each cell and config; print and return the
