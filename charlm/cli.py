@@ -1,6 +1,7 @@
 """The `charlm` command line: train, eval, info, sample, corpus, bench, serve."""
 
 import functools
+import inspect
 import sys
 from collections.abc import Iterable
 from dataclasses import fields
@@ -240,7 +241,9 @@ def info(
         pts = val_h if len(val_h) <= 8 else [val_h[round(k * (len(val_h) - 1) / 7)]
                                               for k in range(8)]
         lines.append("val loss    " + ", ".join(f"{r['val_loss']:.3f}@{r['step']}" for r in pts))
-    tcfg = meta.get("train_config") or {}
+    # the training options as `charlm train` takes them (it has no --log-every, for one)
+    accepted = inspect.signature(train).parameters
+    tcfg = {k: v for k, v in (meta.get("train_config") or {}).items() if k in accepted}
     if tcfg:
         lines.append("options     " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                 for k, v in tcfg.items()))

@@ -58,6 +58,15 @@ def test_info_and_eval(trained):
     assert 0 < nats < np.log(40)
 
 
+def test_info_prints_the_options_train_takes(trained, tmp_path):
+    r = invoke("info", str(trained / "ck"))
+    options = next(line for line in r.output.splitlines() if line.startswith("options")).split()[1:]
+    assert "--log-every" not in options and options[options.index("--seq-len") + 1] == "16"
+    r = invoke("train", str(trained / "corpus.txt"), *options, "--n-hidden", "16", "--n-embd", "8",
+               "--max-steps", "1", "--out", str(tmp_path / "again"))
+    assert r.exit_code == 0, r.output
+
+
 def test_eval_skips_unknown_characters(trained, tmp_path):
     f = tmp_path / "other.txt"
     f.write_text("Line 1: a small corpus. ZZZ\n" * 5, encoding="utf-8")
