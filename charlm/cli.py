@@ -100,7 +100,7 @@ def train(
                        ] = ModelConfig.dropout,
     forget_bias: Annotated[float, typer.Option(
         help="The forget gate's bias at init (lstm, peephole, coupled): 0 learns faster in "
-             "runs of minutes; 1 remembers from the start.")] = 0.0,
+             "runs of minutes; 1 remembers from the start.")] = ModelConfig.forget_bias,
     seq_len: Annotated[int, typer.Option(min=1, help="Characters per window (BPTT length).")
                        ] = TrainConfig.seq_len,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams through the text.")

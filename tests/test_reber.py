@@ -238,6 +238,22 @@ def test_experiment_runs_every_cell_alike(capsys):
         assert a["accuracy"] == b["accuracy"] and a["train_loss"] == b["train_loss"]
 
 
+def test_the_experiment_starts_the_forget_gate_open(monkeypatch):
+    from charlm import experiment
+
+    made, real = [], experiment.CharLSTM
+
+    def spy(cfg, **kw):
+        made.append(cfg.forget_bias)
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(experiment, "CharLSTM", spy)
+    cfg = experiment.ReberConfig(steps=1, n_hidden=4, eval_strings=5, final_strings=5,
+                                 train_strings=50, batch_size=2, seq_len=5)
+    experiment.train_run(cfg, "coupled", 0)
+    assert made == [1.0]  # whatever ModelConfig's default: the task is to remember
+
+
 def test_experiment_command_line():
     r = invoke("experiment", "reber", "--cells", "gru,coupled", "--seeds", "1", "--steps", "8",
                "--n-hidden", "4", "--eval-every", "4", "--eval-strings", "10",
