@@ -5,12 +5,8 @@ Layout: "param/<name>" for each tensor of param_shapes, "opt/<key>" for the opti
 untrusted file cannot run code. Writes are atomic: a crash leaves the previous checkpoint whole.
 """
 
-import contextlib
 import copy
-import hashlib
 import json
-import os
-import secrets
 from dataclasses import MISSING, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
@@ -18,13 +14,16 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from charlm import __version__
+from charlm.data import atomic_write, file_sha256
 from charlm.errors import CharlmError
 from charlm.model import CharLSTM, ModelConfig, param_shapes
 
 FORMAT = "charlm-checkpoint"
 VERSION = 1
 META = "__meta__"
-ADDED_CONFIG = ("forget_bias",)  # ModelConfig fields newer than VERSION 1's first checkpoints
+# ModelConfig fields newer than VERSION 1's first checkpoints, with the value those were made
+# with (stated here: ModelConfig's default may change, what old models were made with cannot)
+ADDED_CONFIG = {"forget_bias": 1.0}
 LATEST, BEST = "latest.npz", "best.npz"  # the trainer's two checkpoints in its output directory
 
 # what the trainer records; a key it leaves out is saved with this default
@@ -92,7 +91,8 @@ def save_checkpoint(path: Path | str, model: CharLSTM, vocab: list[str], meta: d
     except _ContentError as e:
         raise CharlmError(f"refusing to write {path}: it {e}") from None
     try:
-        _write_atomic(path, arrays)
+        with atomic_write(path) as f:  # a file object: np.savez adds .npz to a bare name
+            np.savez(f, allow_pickle=False, **arrays)
     except OSError as e:
         raise CharlmError(f"cannot write {path}: {_oneline(e)}") from None
 
@@ -112,7 +112,7 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
 def checkpoint_sha256(path: Path | str) -> str:
     """The sha256 of a checkpoint file, for the model card."""
     with _open(Path(path)) as f:
-        return _sha256(f)
+        return file_sha256(f)
 
 
 def find_checkpoint(path_or_dir: Path | str) -> Path:
@@ -128,30 +128,6 @@ def find_checkpoint(path_or_dir: Path | str) -> Path:
     return p
 
 
-def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write a temp file beside path, fsync it, rename it over path, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        # a file object, because np.savez appends .npz to a name that lacks it
-        with open(tmp, "xb") as f:
-            np.savez(f, allow_pickle=False, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":
-        # make the rename itself durable; some filesystems refuse, and it has happened anyway
-        with contextlib.suppress(OSError):
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-
 def _read(path: Path) -> tuple[dict[str, np.ndarray], str]:
     """Every array in the file and the file's sha256, or a CharlmError saying why not."""
     with _open(path) as f:
@@ -159,7 +135,7 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], str]:
             raise CharlmError(f"{path} is not a charlm checkpoint (not an npz archive)")
         # one open file for hash and arrays, so a concurrent replace cannot mix two files
         f.seek(0)
-        sha256 = _sha256(f)
+        sha256 = file_sha256(f)
         f.seek(0)
         try:
             with np.load(f, allow_pickle=False) as npz:
@@ -263,8 +239,7 @@ def _config(d: object) -> ModelConfig:
     if not isinstance(d, dict):
         raise _ContentError("has an invalid config (not an object)")
     known = {f.name: f for f in fields(ModelConfig)}
-    # fields added since format 1: a checkpoint from before them was made with the default
-    d = {**{name: known[name].default for name in ADDED_CONFIG if name not in d}, **d}
+    d = {**ADDED_CONFIG, **d}  # a checkpoint from before a field was made with its old value
     missing, extra = sorted(known.keys() - d.keys()), sorted(d.keys() - known.keys())
     if missing:
         raise _ContentError(f"has an invalid config (no {', '.join(missing)})")
@@ -314,13 +289,6 @@ def _jsonable(x: object) -> object:
     if isinstance(x, PurePath):
         return str(x)
     raise TypeError(f"{type(x).__name__} cannot go in checkpoint metadata")
-
-
-def _sha256(f) -> str:
-    h = hashlib.sha256()
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        h.update(chunk)
-    return h.hexdigest()
 
 
 def _oneline(e: BaseException) -> str:

@@ -1,16 +1,29 @@
 """The `charlm` command line: train, eval, info, sample, corpus, bench, serve."""
 
 import functools
+import inspect
 import sys
+from collections.abc import Iterable
+from dataclasses import fields
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional, TextIO
 
 import typer
 
+from charlm import reber
+from charlm.bench import sample as sample_bench
+from charlm.bench import train as train_bench
+from charlm.data import ENCODING_ERRORS
 from charlm.errors import CharlmError
+from charlm.experiment import ReberConfig
+from charlm.generate import SampleSettings
+from charlm.model import CELLS, ModelConfig
+from charlm.optim import OPTIMIZERS
+from charlm.train import LR_DECAYS, TrainConfig
 
 if TYPE_CHECKING:
-    from charlm.generate import Completion, Distribution, Generator, SampleSettings
+    from charlm.generate import Completion, Distribution, Generator
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="A character-level LSTM language model: train, sample, serve.")
@@ -21,7 +34,28 @@ experiment_app = typer.Typer(no_args_is_help=True,
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(bench_app, name="bench")
 app.add_typer(experiment_app, name="experiment")
-CELL_NAMES = "lstm, gru, rnn, peephole or coupled"
+CELL_NAMES = ", ".join(list(CELLS)[:-1]) + f" or {list(CELLS)[-1]}"  # for messages
+DTYPES = ("float32", "float64")  # what ModelConfig.validate accepts
+
+
+def choices(name: str, values: Iterable[str]) -> type[Enum]:
+    """A str Enum of the values: typer lists them in --help, completes them, refuses others."""
+    return Enum(name, [(v, v) for v in values], type=str)
+
+
+Cell = choices("Cell", CELLS)
+Optimizer = choices("Optimizer", OPTIMIZERS)
+LrDecay = choices("LrDecay", LR_DECAYS)
+Dtype = choices("Dtype", DTYPES)
+EncodingErrors = choices("EncodingErrors", ENCODING_ERRORS)
+Grammar = choices("Grammar", reber.GRAMMARS)
+
+
+def config(cls, params: dict):
+    """cls from the command's parameters named as its fields; a choice gives its value."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v.value if isinstance(v, Enum) else v for k, v in params.items()
+                  if k in names})
 
 
 def fail(message: str) -> typer.Exit:
@@ -57,67 +91,70 @@ def train(
     corpus: Annotated[Optional[str], typer.Argument(  # noqa: UP045 (typer needs Optional)
         help="A UTF-8 text file, or a corpus name from `charlm corpus list`. "
              "Default: the offline corpus built from Python's standard library.")] = None,
-    n_layer: Annotated[int, typer.Option(min=1, help="Stacked LSTM layers.")] = 2,
-    n_hidden: Annotated[int, typer.Option(min=1, help="Units per LSTM layer.")] = 512,
-    n_embd: Annotated[int, typer.Option(min=1, help="Size of the character embedding.")] = 64,
-    cell: Annotated[str, typer.Option(help=f"The recurrent cell: {CELL_NAMES}.")] = "lstm",
+    n_layer: Annotated[int, typer.Option(min=1, help="Stacked LSTM layers.")
+                       ] = ModelConfig.n_layer,
+    n_hidden: Annotated[int, typer.Option(min=1, help="Units per LSTM layer.")
+                        ] = ModelConfig.n_hidden,
+    n_embd: Annotated[int, typer.Option(min=1, help="Size of the character embedding.")
+                      ] = ModelConfig.n_embd,
+    cell: Annotated[Cell, typer.Option(help="The recurrent cell.")] = ModelConfig.cell,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.95,
                                            help="Dropout between layers and before the head.")
-                       ] = 0.1,
+                       ] = ModelConfig.dropout,
     forget_bias: Annotated[float, typer.Option(
         help="The forget gate's bias at init (lstm, peephole, coupled): 0 learns faster in "
-             "runs of minutes; 1, the engine's default, remembers from the start.")] = 0.0,
+             "runs of minutes; 1 remembers from the start.")] = ModelConfig.forget_bias,
     seq_len: Annotated[int, typer.Option(min=1, help="Characters per window (BPTT length).")
-                       ] = 100,
+                       ] = TrainConfig.seq_len,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams through the text.")
-                          ] = 32,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (> 0).")
-                  ] = 4e-3,
-    optimizer: Annotated[str, typer.Option(help="adam or rmsprop.")] = "adam",
-    lr_decay: Annotated[str, typer.Option(help="Schedule: cosine, linear or constant.")
-                        ] = "cosine",
+                          ] = TrainConfig.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (> 0).")] = TrainConfig.lr,
+    optimizer: Annotated[Optimizer, typer.Option(help="The optimizer.")
+                         ] = TrainConfig.optimizer,
+    lr_decay: Annotated[LrDecay, typer.Option(help="The learning-rate schedule.")
+                        ] = TrainConfig.lr_decay,
     min_lr_frac: Annotated[float, typer.Option(min=0.0, max=1.0,
-                                               help="The schedule ends at lr x this.")] = 0.1,
-    warmup_steps: Annotated[int, typer.Option(min=0, help="Linear warm-up steps.")] = 0,
-    grad_clip: Annotated[float, typer.Option(min=0.0, help="Global-norm clip (0: off).")] = 5.0,
+                                               help="The schedule ends at lr x this.")
+                           ] = TrainConfig.min_lr_frac,
+    warmup_steps: Annotated[int, typer.Option(min=0, help="Linear warm-up steps.")
+                            ] = TrainConfig.warmup_steps,
+    grad_clip: Annotated[float, typer.Option(min=0.0, help="Global-norm clip (0: off).")
+                         ] = TrainConfig.grad_clip,
     val_frac: Annotated[float, typer.Option(min=0.0, max=0.5,
-                                            help="Tail of the corpus held out.")] = 0.1,
-    eval_every: Annotated[int, typer.Option(min=1, help="Steps between evaluations.")] = 250,
-    max_steps: Annotated[int, typer.Option(min=0, help="Stop after this many steps.")] = 0,
+                                            help="Tail of the corpus held out.")
+                        ] = TrainConfig.val_frac,
+    eval_every: Annotated[int, typer.Option(min=1, help="Steps between evaluations.")
+                          ] = TrainConfig.eval_every,
+    max_steps: Annotated[int, typer.Option(min=0, help="Stop after this many steps.")
+                         ] = TrainConfig.max_steps,
     max_epochs: Annotated[float, typer.Option(min=0.0, help="Stop after this many epochs.")
-                          ] = 0.0,
+                          ] = TrainConfig.max_epochs,
     max_minutes: Annotated[float, typer.Option(
-        min=0.0, help="Wall-clock budget in minutes (10 when no --max-* is given).")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed for weights, dropout and sampling.")] = 1337,
+        min=0.0, help="Wall-clock budget in minutes (10 when no --max-* is given).")
+    ] = TrainConfig.max_minutes,
+    seed: Annotated[int, typer.Option(help="Seed for weights, dropout and sampling.")
+                    ] = TrainConfig.seed,
     out: Annotated[Path, typer.Option(help="Directory for checkpoints and metrics.")
                    ] = Path("checkpoints"),
     resume: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="Continue from this checkpoint (weights, optimizer, data position, RNG).")] = None,
-    encoding_errors: Annotated[str, typer.Option(
-        help="strict: invalid UTF-8 is an error; replace: use U+FFFD and go on.")] = "strict",
-    dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
+    encoding_errors: Annotated[EncodingErrors, typer.Option(
+        help="strict: invalid UTF-8 is an error; replace: use U+FFFD and go on.")
+    ] = "strict",
+    dtype: Annotated[Dtype, typer.Option(help="float64 for exact-arithmetic experiments.")
+                     ] = ModelConfig.dtype,
 ) -> None:
     """Train a character-level LSTM on a text file; write checkpoints to --out."""
-    from charlm.train import TrainConfig
-
-    cfg = TrainConfig(seq_len=seq_len, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                      lr_decay=lr_decay, min_lr_frac=min_lr_frac, warmup_steps=warmup_steps,
-                      grad_clip=grad_clip, val_frac=val_frac, eval_every=eval_every,
-                      max_steps=max_steps, max_epochs=max_epochs, max_minutes=max_minutes,
-                      seed=seed)
+    # the options are named as the configs' fields: each config takes its own from them
+    cfg = config(TrainConfig, ctx.params)
     cfg.validate()
-    if encoding_errors not in ("strict", "replace"):
-        raise CharlmError("--encoding-errors must be strict or replace")
-    from charlm.model import ModelConfig
-
-    model_cfg = ModelConfig(n_embd=n_embd, n_hidden=n_hidden, n_layer=n_layer, dropout=dropout,
-                            dtype=dtype, cell=cell, forget_bias=forget_bias)
+    model_cfg = config(ModelConfig, ctx.params)
     from charlm.run import run_training
 
     # on --resume, options left at their defaults take the checkpoint's values
     given = {name for name in ctx.params
              if getattr(ctx.get_parameter_source(name), "name", "") != "DEFAULT"}
-    run_training(corpus, model_cfg, cfg, out, resume, encoding_errors, given=given)
+    run_training(corpus, model_cfg, cfg, out, resume, encoding_errors.value, given=given)
 
 
 @app.command("eval")
@@ -126,16 +163,19 @@ def eval_(
     checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or directory.")],
     file: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
         help="A UTF-8 text file to score (optional with --grammar).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams.")] = 32,
-    seq_len: Annotated[int, typer.Option(min=1, help="Characters per window.")] = 100,
-    encoding_errors: Annotated[str, typer.Option(help="strict or replace.")] = "strict",
-    grammar: Annotated[Optional[str], typer.Option(  # noqa: UP045
-        help="Score next-symbol predictions on fresh strings of reber or embedded-reber.")
-    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams.")
+                          ] = TrainConfig.batch_size,
+    seq_len: Annotated[int, typer.Option(min=1, help="Characters per window.")
+                       ] = TrainConfig.seq_len,
+    encoding_errors: Annotated[EncodingErrors, typer.Option(
+        help="strict: invalid UTF-8 is an error; replace: use U+FFFD and go on.")
+    ] = "strict",
+    grammar: Annotated[Optional[Grammar], typer.Option(  # noqa: UP045
+        help="Score next-symbol predictions on fresh strings of this grammar.")] = None,
     strings: Annotated[int, typer.Option(min=1, help="Fresh strings for --grammar.")] = 1000,
     threshold: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="--grammar: a character is predicted when its probability is "
-                               "above this.")] = 0.1,
+                               "above this.")] = reber.THRESHOLD,
     seed: Annotated[int, typer.Option(help="Seed of the --grammar strings.")] = 12345,
 ) -> None:
     """Loss of a model on a text, in nats/char and bits/char (unknown characters are skipped);
@@ -146,10 +186,7 @@ def eval_(
     if file is None and grammar is None:
         raise CharlmError("give a FILE to score, or --grammar")
     if grammar is not None:
-        from charlm import reber
-
-        if grammar not in reber.GRAMMARS:
-            raise CharlmError(f"--grammar must be one of {', '.join(reber.GRAMMARS)}")
+        grammar = grammar.value
         s = reber.score_model(ck.model(), ck.vocab, reber.generate(strings, seed, grammar),
                               grammar, threshold, batch_size, seq_len)
         typer.echo(f"{grammar}: {s.accuracy:.1%} of {s.n_strings:,} fresh strings predicted "
@@ -163,7 +200,7 @@ def eval_(
     from charlm.data import Vocab, read_text
     from charlm.train import LN2, estimate_loss
 
-    text = read_text(file, encoding_errors=encoding_errors)
+    text = read_text(file, encoding_errors=encoding_errors.value)
     vocab = Vocab(ck.vocab)
     ids = vocab.encode(text, unknown="drop")
     skipped = len(text) - len(ids)
@@ -207,7 +244,9 @@ def info(
         pts = val_h if len(val_h) <= 8 else [val_h[round(k * (len(val_h) - 1) / 7)]
                                               for k in range(8)]
         lines.append("val loss    " + ", ".join(f"{r['val_loss']:.3f}@{r['step']}" for r in pts))
-    tcfg = meta.get("train_config") or {}
+    # the training options as `charlm train` takes them (it has no --log-every, for one)
+    accepted = inspect.signature(train).parameters
+    tcfg = {k: v for k, v in (meta.get("train_config") or {}).items() if k in accepted}
     if tcfg:
         lines.append("options     " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                 for k, v in tcfg.items()))
@@ -243,12 +282,15 @@ def sample(
     ] = Path("checkpoints"),
     prompt: Annotated[str, typer.Option(help="Text to start from (empty: the zero state).")
                       ] = "",
-    length: Annotated[int, typer.Option(min=0, help="Characters to generate at most.")] = 500,
+    length: Annotated[int, typer.Option(min=0, help="Characters to generate at most.")
+                      ] = SampleSettings.max_new_chars,
+    # the command's own default, on purpose cooler than SampleSettings' 1.0
     temperature: Annotated[float, typer.Option(help="0 is greedy; higher is more random.")
                            ] = 0.8,
     top_k: Annotated[int, typer.Option(help="Keep the k most probable characters (0: all).")
-                     ] = 0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass, in (0, 1].")] = 1.0,
+                     ] = SampleSettings.top_k,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass, in (0, 1].")
+                     ] = SampleSettings.top_p,
     seed: Annotated[Optional[int], typer.Option(help="Seed, for repeatable text.")  # noqa: UP045
                     ] = None,
     stop: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
@@ -261,7 +303,7 @@ def sample(
 ) -> None:
     """Generate text from a trained model, printed as it is drawn."""
     from charlm.checkpoint import find_checkpoint, load_checkpoint
-    from charlm.generate import Generator, SampleSettings
+    from charlm.generate import Generator
 
     settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                               max_new_chars=length, stop=tuple(stop or ()))
@@ -331,7 +373,7 @@ def serve(
                    ] = False,
 ) -> None:
     """Serve checkpoints over HTTP (gunicorn with service/gunicorn.conf.py)."""
-    from charlm.serve import run_serve
+    from service.launch import run_serve
 
     run_serve(checkpoints, host=host, port=port, workers=workers, api_key=api_key,
               cors_origins=cors_origins, dev=dev)
@@ -408,30 +450,27 @@ def corpus_reber(
 def bench_train(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     profile: Annotated[bool, typer.Option(help="Also print where charlm's time goes.")] = False,
-    batch: Annotated[int, typer.Option(min=1)] = 50,
-    seq_len: Annotated[int, typer.Option(min=1)] = 50,
-    rounds: Annotated[int, typer.Option(min=1, help="Interleaved measurement rounds.")] = 5,
-    cells: Annotated[str, typer.Option(help="Comma-separated cells to time.")
-                     ] = "lstm,gru,rnn,peephole,coupled",
+    batch: Annotated[int, typer.Option(min=1)] = train_bench.BATCH,
+    seq_len: Annotated[int, typer.Option(min=1)] = train_bench.SEQ_LEN,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved measurement rounds.")
+                      ] = train_bench.ROUNDS,
+    cells: Annotated[str, typer.Option(help="Comma-separated cells to time.")] = ",".join(CELLS),
 ) -> None:
     """chars/s of full training steps at 2x128 and 2x512 per cell, and the ratio to torch."""
-    from charlm.bench.train import run_train_bench
-
-    run_train_bench(batch=batch, seq_len=seq_len, rounds=rounds, json_out=json_out,
-                    profile=profile, cells=cell_list(cells))
+    train_bench.run_train_bench(batch=batch, seq_len=seq_len, rounds=rounds, json_out=json_out,
+                                 profile=profile, cells=cell_list(cells))
 
 
 @bench_app.command("sample")
 @friendly
 def bench_sample(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    rounds: Annotated[int, typer.Option(min=1, help="Interleaved measurement rounds.")] = 5,
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved measurement rounds.")
+                      ] = sample_bench.ROUNDS,
 ) -> None:
     """Microseconds per generated character at batch 1 (2x128, 2x512), the ratio to torch, and
     batched throughput."""
-    from charlm.bench.sample import run_sample_bench
-
-    run_sample_bench(json_out=json_out, rounds=rounds)
+    sample_bench.run_sample_bench(json_out=json_out, rounds=rounds)
 
 
 @bench_app.command("serve")
@@ -443,7 +482,7 @@ def bench_serve(
     workers: Annotated[int, typer.Option(min=1)] = 1,
 ) -> None:
     """Time to first character and chars/s of gunicorn on loopback at 1, 8 and 32 streams."""
-    from charlm.bench.serve import run_serve_bench
+    from service.bench import run_serve_bench
 
     run_serve_bench(json_out=json_out, checkpoint=checkpoint, workers=workers)
 
@@ -454,8 +493,6 @@ def bench_serve(
 
 def cell_list(cells: str) -> tuple[str, ...]:
     """--cells a,b,c as a tuple, checked against the known cells."""
-    from charlm.model import CELLS
-
     names = tuple(c.strip() for c in cells.split(",") if c.strip())
     unknown = [c for c in names if c not in CELLS]
     if unknown or not names:
@@ -466,39 +503,40 @@ def cell_list(cells: str) -> tuple[str, ...]:
 @experiment_app.command("reber")
 @friendly
 def experiment_reber(
+    ctx: typer.Context,
     cells: Annotated[str, typer.Option(help="Comma-separated cells to train.")
-                     ] = "lstm,gru,rnn,peephole,coupled",
-    seeds: Annotated[int, typer.Option(min=1, help="Runs per cell (seeds 0, 1, ...).")] = 5,
-    steps: Annotated[int, typer.Option(min=1, help="Training steps of every run.")] = 2000,
-    n_hidden: Annotated[int, typer.Option(min=1)] = 8,
-    n_layer: Annotated[int, typer.Option(min=1)] = 1,
-    n_embd: Annotated[int, typer.Option(min=1)] = 8,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    seq_len: Annotated[int, typer.Option(min=1)] = 50,
-    lr: Annotated[float, typer.Option(help="Adam's learning rate, constant.")] = 1e-2,
+                     ] = ",".join(ReberConfig.cells),
+    seeds: Annotated[int, typer.Option(min=1, help="Runs per cell (seeds 0, 1, ...).")
+                     ] = ReberConfig.seeds,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps of every run.")
+                     ] = ReberConfig.steps,
+    n_hidden: Annotated[int, typer.Option(min=1)] = ReberConfig.n_hidden,
+    n_layer: Annotated[int, typer.Option(min=1)] = ReberConfig.n_layer,
+    n_embd: Annotated[int, typer.Option(min=1)] = ReberConfig.n_embd,
+    batch_size: Annotated[int, typer.Option(min=1)] = ReberConfig.batch_size,
+    seq_len: Annotated[int, typer.Option(min=1)] = ReberConfig.seq_len,
+    lr: Annotated[float, typer.Option(help="Adam's learning rate, constant.")] = ReberConfig.lr,
     eval_every: Annotated[int, typer.Option(min=1, help="Steps between held-out checks.")
-                          ] = 100,
+                          ] = ReberConfig.eval_every,
     eval_strings: Annotated[int, typer.Option(min=1, help="Held-out strings of the checks.")
-                            ] = 200,
+                            ] = ReberConfig.eval_strings,
     final_strings: Annotated[int, typer.Option(min=1, help="Fresh strings of the final score.")
-                             ] = 1000,
+                             ] = ReberConfig.final_strings,
     threshold: Annotated[float, typer.Option(help="Predicted: probability above this.")
-                         ] = 0.1,
-    grammar: Annotated[str, typer.Option(help="embedded-reber or reber.")] = "embedded-reber",
-    jobs: Annotated[int, typer.Option(min=0, help="Worker processes (0: one per core).")] = 0,
+                         ] = ReberConfig.threshold,
+    grammar: Annotated[Grammar, typer.Option(help="The grammar of the strings.")
+                       ] = ReberConfig.grammar,
+    jobs: Annotated[int, typer.Option(min=0, help="Worker processes (0: one per core).")
+                    ] = ReberConfig.jobs,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per cell.")] = False,
 ) -> None:
     """Train every cell on the embedded Reber grammar with the same budget and seeds; print
     the parameters, the steps until solved, the final accuracy and the long-range accuracy."""
     from rich.console import Console
 
-    from charlm.experiment import ReberConfig, run_reber_experiment
+    from charlm.experiment import run_reber_experiment
 
-    cfg = ReberConfig(cells=cell_list(cells), seeds=seeds, steps=steps, n_hidden=n_hidden,
-                      n_layer=n_layer, n_embd=n_embd, batch_size=batch_size, seq_len=seq_len,
-                      lr=lr, eval_every=eval_every, eval_strings=eval_strings,
-                      final_strings=final_strings, threshold=threshold, grammar=grammar,
-                      jobs=jobs)
+    cfg = config(ReberConfig, {**ctx.params, "cells": cell_list(cells)})
     cfg.validate()
     console, total, done = Console(stderr=True), len(cfg.cells) * seeds, []
 

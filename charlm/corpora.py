@@ -19,7 +19,7 @@ from typing import BinaryIO
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from charlm.data import atomic_write, default_cache_dir
+from charlm.data import atomic_write, default_cache_dir, file_sha256
 from charlm.errors import CharlmError
 
 STDLIB_CAP_BYTES = 4 * 2**20  # the default corpus stops at the first file that would pass this
@@ -167,14 +167,6 @@ def _url(spec: CorpusSpec, url: str | None) -> str:
     return url or os.environ.get(env) or spec.url
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(2**20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _download(name: str, url: str, out: BinaryIO, progress: bool) -> str:
     """Copy url into out, with a progress bar if asked; the sha256 of what arrived."""
     h = hashlib.sha256()
@@ -217,7 +209,7 @@ def fetch(name: str, dest_dir: Path | None = None, url: str | None = None,
             return default_corpus()
         return build_stdlib_corpus(Path(dest_dir) / _local_path(name).name)
     dest = Path(dest_dir) / f"{name}.txt" if dest_dir else _local_path(name)
-    if dest.is_file() and _file_sha256(dest) == spec.sha256:
+    if dest.is_file() and file_sha256(dest) == spec.sha256:
         return dest
     source = _url(spec, url)
     with atomic_write(dest) as f:

@@ -44,7 +44,12 @@ def default_cache_dir() -> Path:
 
 @contextmanager
 def atomic_write(path: Path) -> Iterator[BinaryIO]:
-    """A binary file that appears at path, whole, only if the block ends without an exception."""
+    """A binary file that appears at path, whole, only if the block ends without an exception.
+
+    The bytes go to a temp file beside path (.NAME.XXXXXXXX.tmp), which is fsynced and renamed
+    over path; then the directory is fsynced too. A crash leaves the previous file whole (and at
+    worst a stray temp file), never a partial one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -53,12 +58,36 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a corpus or cache file need not be
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; corpora and checkpoints need not be
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    if os.name == "posix":
+        # make the rename itself durable; some filesystems refuse, and it has happened anyway
+        with contextlib.suppress(OSError):
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def file_sha256(file: Path | BinaryIO) -> str:
+    """The sha256 of a file's bytes, as hex. A path is opened and read whole; an open binary
+    file is read from where it stands to its end, so a caller can hash the very file it goes
+    on to read (a file replaced in between cannot make the two disagree)."""
+    if not isinstance(file, (str, os.PathLike)):
+        h = hashlib.sha256()
+        while block := file.read(CHUNK_BYTES):
+            h.update(block)
+        return h.hexdigest()
+    try:
+        with open(file, "rb") as f:
+            return file_sha256(f)
+    except OSError as e:
+        raise CharlmError(f"could not read {file}: {e.strerror or e}") from None
 
 
 # -- reading ----------------------------------------------------------------------------------
@@ -142,17 +171,6 @@ def _pieces(path: Path, errors: str) -> Iterator[tuple[int, str]]:
                 start, pending = start + cut, buf[cut:]
     except OSError as e:
         raise CharlmError(f"could not read {path}: {e.strerror or e}") from None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while block := f.read(CHUNK_BYTES):
-                h.update(block)
-    except OSError as e:
-        raise CharlmError(f"could not read {path}: {e.strerror or e}") from None
-    return h.hexdigest()
 
 
 # -- the vocabulary ---------------------------------------------------------------------------
@@ -391,7 +409,7 @@ def load_corpus(path: Path, val_frac: float = 0.1, encoding_errors: str = "stric
     _check_val_frac(val_frac)
     _check_errors(encoding_errors)
     size = _check_file(path)
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if size <= CACHE_MIN_BYTES:
         return _in_memory(path, digest, val_frac, encoding_errors)
     key = hashlib.sha256(f"{digest} {val_frac!r} {encoding_errors}".encode()).hexdigest()

@@ -21,11 +21,13 @@ import numpy as np
 
 from charlm import reber
 from charlm.batches import Batcher
+from charlm.data import Vocab
 from charlm.errors import CharlmError
 from charlm.model import CELLS, CharLSTM, ModelConfig
-from charlm.optim import Adam, clip_grad_norm
+from charlm.optim import Adam
+from charlm.train import train_step
 
-ITOS = sorted(reber.ALPHABET + reber.NEWLINE)  # the vocabulary `charlm train` builds from it
+VOCAB = Vocab.from_text(reber.ALPHABET + reber.NEWLINE)  # what `charlm train` builds from it
 
 
 @dataclass
@@ -39,12 +41,13 @@ class ReberConfig:
     batch_size: int = 32
     seq_len: int = 50
     lr: float = 1e-2  # Adam, constant
+    forget_bias: float = 1.0  # the forget gate starts open: the task is to remember
     grad_clip: float = 1.0
     eval_every: int = 100  # steps between checks on the held-out strings
     eval_strings: int = 200  # held-out strings of those checks
     final_strings: int = 1000  # fresh strings scored at the end
     train_strings: int = 10000  # the training stream (about 12 characters a string)
-    threshold: float = 0.1
+    threshold: float = reber.THRESHOLD
     grammar: str = "embedded-reber"
     jobs: int = 0  # worker processes (0: one per core)
 
@@ -78,8 +81,8 @@ class RunResult:
 
 
 def encode(strings: list[str]) -> np.ndarray:
-    stoi = {ch: v for v, ch in enumerate(ITOS)}
-    return np.array([stoi[ch] for ch in "\n".join(strings) + "\n"], np.uint8)
+    """The strings one per line, as ids of VOCAB."""
+    return VOCAB.encode("\n".join(strings) + "\n")
 
 
 def train_run(cfg: ReberConfig, cell: str, seed: int) -> RunResult:
@@ -88,8 +91,9 @@ def train_run(cfg: ReberConfig, cell: str, seed: int) -> RunResult:
     # distinct seeds for training, held-out and final strings
     train = encode(reber.generate(cfg.train_strings, 3 * seed, cfg.grammar))
     held_out = reber.generate(cfg.eval_strings, 3 * seed + 1, cfg.grammar)
-    model = CharLSTM(ModelConfig(vocab_size=len(ITOS), n_embd=cfg.n_embd, n_hidden=cfg.n_hidden,
-                                 n_layer=cfg.n_layer, dropout=0.0, cell=cell), seed=seed)
+    model = CharLSTM(ModelConfig(vocab_size=VOCAB.vocab_size, n_embd=cfg.n_embd,
+                                 n_hidden=cfg.n_hidden, n_layer=cfg.n_layer, dropout=0.0,
+                                 cell=cell, forget_bias=cfg.forget_bias), seed=seed)
     opt = Adam(model.n_params, model.dtype)
     batcher = Batcher(train, cfg.batch_size, cfg.seq_len)
     state = model.zero_state(cfg.batch_size)
@@ -99,15 +103,14 @@ def train_run(cfg: ReberConfig, cell: str, seed: int) -> RunResult:
         if batcher.wrapped:
             state.h[:] = 0
             state.c[:] = 0
-        losses.append(model.loss_and_grad(x, y, state))
-        clip_grad_norm(model.grad, cfg.grad_clip)
-        opt.update(model.theta, model.grad, cfg.lr)
+        losses.append(train_step(model, opt, x, y, state, cfg.lr, cfg.grad_clip))
         if step % cfg.eval_every == 0 or step == cfg.steps:
-            acc = reber.score_model(model, ITOS, held_out, cfg.grammar, cfg.threshold).accuracy
+            acc = reber.score_model(model, VOCAB.itos, held_out, cfg.grammar,
+                                    cfg.threshold).accuracy
             curve.append((step, acc))
             if acc == 1.0 and solved_at is None:
                 solved_at = step
-    final = reber.score_model(model, ITOS, reber.generate(cfg.final_strings, 3 * seed + 2,
+    final = reber.score_model(model, VOCAB.itos, reber.generate(cfg.final_strings, 3 * seed + 2,
                                                           cfg.grammar),
                               cfg.grammar, cfg.threshold)
     return RunResult(cell, seed, model.n_params, solved_at, final.accuracy, final.long_range,

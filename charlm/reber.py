@@ -18,11 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from charlm.data import Vocab
 from charlm.errors import CharlmError
 
 NEWLINE = "\n"
 ALPHABET = "BEPSTVX"  # the grammar's symbols; with "\n" between strings, what a model sees
 GRAMMARS = ("reber", "embedded-reber")
+THRESHOLD = 0.1  # a character is predicted when its probability is above this
 
 # the Reber automaton: state -> {symbol: next state}; 7 accepts, both ways out are equally likely
 REBER = {
@@ -125,7 +127,8 @@ def streams_of(strings: Sequence[str], n_streams: int) -> list[list[str]]:
 
 
 def score(predict: Predictor, itos: Sequence[str], strings: Sequence[str],
-          grammar: str = "reber", threshold: float = 0.1, n_streams: int = 32) -> GrammarScore:
+          grammar: str = "reber", threshold: float = THRESHOLD,
+          n_streams: int = 32) -> GrammarScore:
     """How well predict knows the grammar, on these strings (see the module's docstring).
 
     At each position the predicted set is {v : p_v > threshold}; it must equal the legal set.
@@ -136,7 +139,7 @@ def score(predict: Predictor, itos: Sequence[str], strings: Sequence[str],
     if missing:
         raise CharlmError(f"the model's vocabulary lacks {', '.join(map(repr, missing))}: it "
                           "was not trained on a Reber corpus")
-    stoi = {ch: v for v, ch in enumerate(itos)}
+    stoi = Vocab(list(itos)).stoi
     embedded = grammar == "embedded-reber"
     groups = streams_of(strings, n_streams)
     texts = [NEWLINE + NEWLINE.join(g) + NEWLINE for g in groups]
@@ -173,15 +176,15 @@ def model_predictor(model, itos: Sequence[str], seq_len: int = 100) -> Predictor
     """The predictor of a CharLSTM with vocabulary itos: the texts read side by side from the
     zero state (shorter ones padded with newlines at the end), in windows of seq_len with the
     state carried from one to the next, as in training and `charlm eval`."""
-    stoi = {ch: v for v, ch in enumerate(itos)}
+    vocab = Vocab(list(itos))
 
     def predict(texts: list[str]) -> list[np.ndarray]:
         T = max(len(t) for t in texts)
-        idx = np.full((len(texts), T), stoi[NEWLINE], np.int64)
+        idx = np.full((len(texts), T), vocab.stoi[NEWLINE], np.int64)
         for n, text in enumerate(texts):
-            idx[n, : len(text)] = [stoi[ch] for ch in text]
+            idx[n, : len(text)] = vocab.encode(text)
         state = model.zero_state(len(texts))
-        out = np.empty((len(texts), T, len(itos)))
+        out = np.empty((len(texts), T, vocab.vocab_size))
         for t0 in range(0, T, seq_len):
             window = idx[:, t0 : t0 + seq_len]
             B, Tw = window.shape
@@ -194,7 +197,8 @@ def model_predictor(model, itos: Sequence[str], seq_len: int = 100) -> Predictor
 
 
 def score_model(model, itos: Sequence[str], strings: Sequence[str], grammar: str = "reber",
-                threshold: float = 0.1, n_streams: int = 32, seq_len: int = 100) -> GrammarScore:
+                threshold: float = THRESHOLD, n_streams: int = 32,
+                seq_len: int = 100) -> GrammarScore:
     """score() with a CharLSTM (vocabulary itos) as the predictor."""
     return score(model_predictor(model, itos, seq_len), itos, strings, grammar, threshold,
                  n_streams)

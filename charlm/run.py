@@ -2,7 +2,6 @@
 
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -12,7 +11,7 @@ from charlm import checkpoint as ckpt
 from charlm.corpora import resolve_corpus
 from charlm.data import load_corpus
 from charlm.model import ModelConfig
-from charlm.train import LN2, StopFlag, TrainConfig, Trainer
+from charlm.train import LN2, StopFlag, TrainConfig, Trainer, resume_options
 
 
 def run_training(corpus: str | None, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
@@ -21,17 +20,12 @@ def run_training(corpus: str | None, model_cfg: ModelConfig, cfg: TrainConfig, o
     """Train from the command line's arguments; returns the finished trainer.
 
     When resuming, the training options not in `given` (the ones the user typed) and the
-    corpus, if none is named, come from the checkpoint.
+    corpus, if none is named, come from the checkpoint (train.resume_options).
     """
     console = console or Console(stderr=True)
     previous = ckpt.load_checkpoint(resume) if resume is not None else None
     if previous is not None:
-        saved = previous.meta["train_config"]
-        given = set(given or ())
-        cfg = TrainConfig.from_dict({**saved, **{k: v for k, v in asdict(cfg).items()
-                                                 if k in given or k not in saved}})
-        if corpus is None:
-            corpus = previous.meta.get("corpus_path")
+        cfg, corpus = resume_options(cfg, given or (), previous, corpus)
     path = resolve_corpus(corpus)
     data = load_corpus(path, val_frac=cfg.val_frac, encoding_errors=encoding_errors)
     if data.val_dropped:

@@ -5,8 +5,8 @@ import json
 import math
 import signal
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Collection, Iterator
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +16,10 @@ from charlm.batches import Batcher, iter_eval
 from charlm.data import Corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLSTM, ModelConfig, State
-from charlm.optim import OPTIMIZERS, clip_grad_norm
+from charlm.optim import OPTIMIZERS, Adam, RMSprop, clip_grad_norm
 
 LN2 = math.log(2)
+LR_DECAYS = ("cosine", "linear", "constant")  # the learning-rate schedules of get_lr
 DEFAULT_MINUTES = 10.0  # the budget when no --max-* is given
 
 
@@ -49,8 +50,8 @@ class TrainConfig:
             raise CharlmError(f"--lr must be a positive number, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
             raise CharlmError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}")
-        if self.lr_decay not in ("cosine", "linear", "constant"):
-            raise CharlmError("--lr-decay must be one of cosine, linear, constant")
+        if self.lr_decay not in LR_DECAYS:
+            raise CharlmError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}")
         if not 0 <= self.min_lr_frac <= 1:
             raise CharlmError("--min-lr-frac must be in [0, 1]")
         if not 0 <= self.val_frac <= 0.5:
@@ -65,6 +66,21 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def resume_options(cfg: TrainConfig, given: Collection[str], previous: ckpt.Checkpoint,
+                   corpus: str | None = None) -> tuple[TrainConfig, str | None]:
+    """The options and corpus of a run resumed from `previous`.
+
+    Each option named in `given` (the ones the user typed) is cfg's; every other is the one the
+    checkpoint was trained with (cfg's, for an option newer than the checkpoint). The corpus is
+    the one named, else the one the checkpoint was trained on.
+    """
+    saved = previous.meta["train_config"]
+    mine = {k: v for k, v in asdict(cfg).items() if k in given or k not in saved}
+    if corpus is None:
+        corpus = previous.meta.get("corpus_path")
+    return TrainConfig.from_dict({**saved, **mine}), corpus
+
+
 def get_lr(it: int, progress: float, cfg: TrainConfig) -> float:
     """Learning rate at step it: linear warm-up over warmup_steps, then a decay to
     lr * min_lr_frac as progress (the fraction of the budget used, in [0, 1]) goes to 1."""
@@ -77,6 +93,39 @@ def get_lr(it: int, progress: float, cfg: TrainConfig) -> float:
     if cfg.lr_decay == "linear":
         return cfg.lr - (cfg.lr - min_lr) * progress
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class NonFiniteLossError(CharlmError):
+    """A step's loss was NaN or infinite; the step left the parameters as they were."""
+
+    def __init__(self, loss: float) -> None:
+        super().__init__(f"the loss became {loss}; training stopped (try a lower --lr)")
+        self.loss = loss
+
+    def __reduce__(self):  # rebuilt from the loss when it crosses from a worker process
+        return type(self), (self.loss,)
+
+
+def train_step(model: CharLSTM, opt: Adam | RMSprop, x: np.ndarray, y: np.ndarray,
+               state: State, lr: float, grad_clip: float,
+               rng: np.random.Generator | None = None) -> float:
+    """One training step on the window x -> y (both (B, T) ids); returns its loss, nats/char.
+
+    Forward and backward (through dropout masks drawn from rng, when the model has dropout),
+    a check that the loss is finite (NonFiniteLossError if not, before any update), clipping of the
+    gradient's global norm to grad_clip (0: no clipping) and the optimizer's update at lr.
+    state is advanced in place to the state after the window (truncated BPTT).
+    """
+    masks = None
+    if model.config.dropout > 0:
+        B, T = x.shape
+        masks = model.sample_masks(model.workspace(T, B), rng)
+    loss = model.loss_and_grad(x, y, state, masks)
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(loss)
+    clip_grad_norm(model.grad, grad_clip)
+    opt.update(model.theta, model.grad, lr)
+    return loss
 
 
 def estimate_loss(model: CharLSTM, data: np.ndarray, batch_size: int, seq_len: int) -> float:
@@ -142,7 +191,7 @@ class Trainer:
         corpus.require_length(cfg.batch_size, cfg.seq_len)
         self.steps_per_epoch = max(1, (len(corpus.train) - 1) // (cfg.batch_size * cfg.seq_len))
         if resume is None:
-            model_cfg.vocab_size = self.vocab.vocab_size
+            model_cfg = replace(model_cfg, vocab_size=self.vocab.vocab_size)  # not the caller's
             try:
                 model_cfg.validate()
             except ValueError as e:
@@ -160,7 +209,6 @@ class Trainer:
             self.loss_window = [0.0, 0]  # train loss summed since the last record, and steps
         else:
             self._restore(resume)
-        self.masks_ws = self.model.workspace(cfg.seq_len, cfg.batch_size)
 
     # -- checkpoint state ----------------------------------------------------------------------
 
@@ -228,15 +276,13 @@ class Trainer:
         if self.batcher.wrapped:  # a new pass over the text: streams restart, so does state
             self.state.h[:] = 0
             self.state.c[:] = 0
-        masks = None
-        if self.model.config.dropout > 0:
-            masks = self.model.sample_masks(self.masks_ws, self.rng)
-        loss = self.model.loss_and_grad(x, y, self.state, masks)
-        if not math.isfinite(loss):
-            raise CharlmError(f"the loss became {loss} at step {self.step + 1}; training stopped "
-                              "(try a lower --lr); the last good checkpoint is kept")
-        clip_grad_norm(self.model.grad, self.cfg.grad_clip)
-        self.opt.update(self.model.theta, self.model.grad, lr)
+        try:
+            loss = train_step(self.model, self.opt, x, y, self.state, lr, self.cfg.grad_clip,
+                              self.rng)
+        except NonFiniteLossError as e:
+            raise CharlmError(f"the loss became {e.loss} at step {self.step + 1}; training "
+                              "stopped (try a lower --lr); the last good checkpoint is kept"
+                              ) from None
         self.step += 1
         return loss
 

@@ -3,7 +3,8 @@
 import numpy as np
 
 from charlm.model import CharLSTM, ModelConfig
-from charlm.optim import Adam, RMSprop, clip_grad_norm
+from charlm.optim import OPTIMIZERS
+from charlm.train import train_step
 
 
 def warmup(dtypes: tuple[str, ...] = ("float32",)) -> None:
@@ -12,10 +13,7 @@ def warmup(dtypes: tuple[str, ...] = ("float32",)) -> None:
         model = CharLSTM(ModelConfig(vocab_size=3, n_embd=2, n_hidden=2, n_layer=2, dropout=0.5,
                                      dtype=dtype))
         x = np.zeros((1, 2), np.int64)
-        state = model.zero_state(1)
-        masks = model.sample_masks(model.workspace(2, 1), np.random.default_rng(0))
-        model.loss_and_grad(x, x, state, masks)
+        state, rng = model.zero_state(1), np.random.default_rng(0)
+        for make in OPTIMIZERS.values():
+            train_step(model, make(model.n_params, model.dtype), x, x, state, 1e-3, 1.0, rng)
         model.loss(x, x, state)
-        clip_grad_norm(model.grad, 1.0)
-        for opt in (Adam(model.n_params, model.dtype), RMSprop(model.n_params, model.dtype)):
-            opt.update(model.theta, model.grad, 1e-3)

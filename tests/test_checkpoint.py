@@ -259,7 +259,7 @@ def test_bad_contents(saved, change, fragment):
     expect_error(path, fragment)
 
 
-def test_a_checkpoint_from_before_forget_bias_loads_with_the_default(saved):
+def test_a_checkpoint_from_before_forget_bias_loads_with_1(saved):
     path = saved[0]
     rewrite(path, lambda a, m: m["config"].pop("forget_bias"))
     assert load_checkpoint(path).config.forget_bias == 1.0  # what such models were made with

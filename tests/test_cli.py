@@ -58,6 +58,15 @@ def test_info_and_eval(trained):
     assert 0 < nats < np.log(40)
 
 
+def test_info_prints_the_options_train_takes(trained, tmp_path):
+    r = invoke("info", str(trained / "ck"))
+    options = next(line for line in r.output.splitlines() if line.startswith("options")).split()[1:]
+    assert "--log-every" not in options and options[options.index("--seq-len") + 1] == "16"
+    r = invoke("train", str(trained / "corpus.txt"), *options, "--n-hidden", "16", "--n-embd", "8",
+               "--max-steps", "1", "--out", str(tmp_path / "again"))
+    assert r.exit_code == 0, r.output
+
+
 def test_eval_skips_unknown_characters(trained, tmp_path):
     f = tmp_path / "other.txt"
     f.write_text("Line 1: a small corpus. ZZZ\n" * 5, encoding="utf-8")
@@ -89,31 +98,62 @@ def test_encoding_errors_replace_goes_on(tmp_path):
     assert "\ufffd" in load_checkpoint(tmp_path / "ck" / "latest.npz").vocab
 
 
-@pytest.mark.parametrize("option, value, pattern", [
-    ("--lr", "-1", r"lr"),
-    ("--lr", "abc", r"lr"),
-    ("--optimizer", "sgd", r"optimizer"),
-    ("--lr-decay", "wobbly", r"lr-decay"),
-    ("--val-frac", "0.9", r"val-frac"),
-    ("--n-layer", "0", r"n-layer"),
-    ("--dropout", "1.5", r"dropout"),
-    ("--batch-size", "0", r"batch-size"),
-    ("--encoding-errors", "ignore", r"encoding-errors"),
-    ("--dtype", "float16", r"dtype"),
-    ("--forget-bias", "nan", r"forget_bias"),
+# exit 1: a one-line error from charlm; exit 2: a usage error from typer, which knows each
+# option's type and range, and each choice (--optimizer, --lr-decay, --encoding-errors, --dtype)
+@pytest.mark.parametrize("option, value, code, pattern", [
+    ("--lr", "-1", 1, r"error: --lr must be a positive number"),
+    ("--lr", "abc", 2, r"Invalid value for '--lr'"),
+    ("--optimizer", "sgd", 2, r"Invalid value for '--optimizer'"),
+    ("--lr-decay", "wobbly", 2, r"Invalid value for '--lr-decay'"),
+    ("--val-frac", "0.9", 2, r"Invalid value for '--val-frac'"),
+    ("--n-layer", "0", 2, r"Invalid value for '--n-layer'"),
+    ("--dropout", "1.5", 2, r"Invalid value for '--dropout'"),
+    ("--batch-size", "0", 2, r"Invalid value for '--batch-size'"),
+    ("--encoding-errors", "ignore", 2, r"Invalid value for '--encoding-errors'"),
+    ("--dtype", "float16", 2, r"Invalid value for '--dtype'"),
+    ("--cell", "transformer", 2, r"Invalid value for '--cell'"),
+    ("--forget-bias", "nan", 1, r"error: forget_bias must be a finite number"),
 ])
-def test_train_rejects_bad_options(tmp_path, option, value, pattern):
+def test_train_rejects_bad_options(tmp_path, option, value, code, pattern):
     corpus = tmp_path / "c.txt"
     corpus.write_text(TEXT, encoding="utf-8")
-    one_line_error(invoke("train", str(corpus), *TINY, option, value, "--out",
-                          str(tmp_path / "ck")), pattern)
+    r = invoke("train", str(corpus), *TINY, option, value, "--out", str(tmp_path / "ck"))
+    one_line_error(r, pattern)
+    assert r.exit_code == code, r.output
 
 
-def test_train_starts_the_forget_bias_at_0_and_the_engine_at_1(trained):
+def test_help_lists_the_choices_of_the_registries():
+    from charlm.data import ENCODING_ERRORS
+    from charlm.model import CELLS, ModelConfig
+    from charlm.optim import OPTIMIZERS
+    from charlm.reber import GRAMMARS
+    from charlm.train import LR_DECAYS
+
+    def listed(*command: str) -> dict[str, list[str]]:
+        """option -> the choices --help lists for it (a wide terminal: no wrapping)."""
+        r = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+        assert r.exit_code == 0, r.output
+        return {m[0]: m[1].split("|") for m in re.findall(r"(--[\w-]+) +<([\w|-]+\|[\w|-]+)>",
+                                                           r.output)}
+
+    train = listed("train")
+    assert train == {"--cell": list(CELLS), "--optimizer": list(OPTIMIZERS),
+                     "--lr-decay": list(LR_DECAYS), "--encoding-errors": list(ENCODING_ERRORS),
+                     "--dtype": ["float32", "float64"]}
+    for dtype in train["--dtype"]:  # the model takes every one
+        ModelConfig(dtype=dtype).validate()
+    assert listed("eval") == {"--encoding-errors": list(ENCODING_ERRORS),
+                              "--grammar": list(GRAMMARS)}
+    assert listed("experiment", "reber") == {"--grammar": list(GRAMMARS)}
+
+
+def test_train_starts_the_forget_bias_at_0_the_one_default(trained):
     from charlm.model import ModelConfig
 
+    # ModelConfig's default is the one for language models; what needs 1 (the Reber
+    # experiment, checkpoints from before the field) says so itself
+    assert ModelConfig().forget_bias == 0.0
     assert load_checkpoint(trained / "ck" / "latest.npz").config.forget_bias == 0.0
-    assert ModelConfig().forget_bias == 1.0
 
 
 def test_forget_bias_option_sets_the_initial_forget_gate(tmp_path):
@@ -190,3 +230,7 @@ def test_sample_and_distribution(trained):
                    r"error: temperature")
     one_line_error(invoke("sample", str(trained / "ck"), "--top-p", "0"), r"error: top_p")
     one_line_error(invoke("sample", str(trained / "ck"), "--prompt", "ZZZ"), r"error: .*Z")
+
+
+def test_serve_refuses_a_missing_checkpoint_directory(tmp_path):
+    one_line_error(invoke("serve", str(tmp_path / "nope")), r"error: .*nope.* does not exist")

@@ -1,6 +1,8 @@
 """Reading, encoding, splitting, caching and batching a corpus (charlm.data)."""
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -326,3 +328,42 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("CHARLM_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert data.default_cache_dir() == tmp_path / "xdg" / "charlm"
+
+
+# -- atomic_write -----------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="directories are fsynced on POSIX only")
+def test_atomic_write_syncs_the_file_then_its_directory(tmp_path, monkeypatch):
+    synced, real = [], os.fsync
+
+    def fsync(fd):
+        synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "sub" / "out.bin"
+    with data.atomic_write(path) as f:
+        f.write(b"whole")
+    assert synced == ["file", "dir"]
+    assert path.read_bytes() == b"whole" and stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in path.parent.iterdir()] == ["out.bin"]
+
+
+def test_atomic_write_leaves_the_old_file_when_the_block_fails(tmp_path):
+    path = write(tmp_path / "out.bin", b"old")
+    with pytest.raises(RuntimeError), data.atomic_write(path) as f:
+        f.write(b"half of the new")
+        raise RuntimeError
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_file_sha256_of_a_path_or_the_rest_of_an_open_file(tmp_path):
+    raw = bytes(range(256)) * 5000  # several read blocks
+    path = write(tmp_path / "f.bin", raw)
+    assert data.file_sha256(path) == data.file_sha256(str(path)) == hashlib.sha256(raw).hexdigest()
+    with open(path, "rb") as f:
+        f.seek(1000)
+        assert data.file_sha256(f) == hashlib.sha256(raw[1000:]).hexdigest()
+    with pytest.raises(CharlmError, match=r"could not read .*missing"):
+        data.file_sha256(tmp_path / "missing")

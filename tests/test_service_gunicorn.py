@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import make_checkpoint
 
-from charlm.serve import gunicorn_argv, serve_env
 from service.generation import client_gone
+from service.launch import gunicorn_argv, serve_env
 
 CAP = 6  # streams per worker: 16 clients against 2 workers meet deliberate 429s
 
@@ -276,7 +276,7 @@ def test_load(server):
 def read_conf(env: dict[str, str]) -> dict:
     """gunicorn.conf.py's settings, and the variables it sets, read in a process of its own
     (numba reads NUMBA_NUM_THREADS from this process's environment, which must not change)."""
-    from charlm.serve import CONF
+    from service.launch import CONF
 
     code = ("import json, os, runpy, sys; c = runpy.run_path(sys.argv[1]); "
             "print(json.dumps({k: v for k, v in c.items() if isinstance(v, (str, int, list))} | "
@@ -303,7 +303,7 @@ def test_gunicorn_config_follows_the_environment():
 
 
 def test_procfile_runs_gunicorn_with_the_config():
-    from charlm.serve import CONF
+    from service.launch import CONF
 
     procfile = (CONF.parent.parent / "Procfile").read_text().splitlines()
     assert procfile == ["web: gunicorn -c service/gunicorn.conf.py"]
@@ -311,7 +311,7 @@ def test_procfile_runs_gunicorn_with_the_config():
 
 def test_run_serve_refuses_what_cannot_be_served(tmp_path):
     from charlm.errors import CharlmError
-    from charlm.serve import run_serve
+    from service.launch import run_serve
 
     with pytest.raises(CharlmError, match="does not exist"):
         run_serve(tmp_path / "nope")
@@ -337,7 +337,7 @@ def test_serve_env_and_argv(tmp_path):
 def test_the_serve_benchmark_runs(checkpoint_dir, capsys):
     import json as json_
 
-    from charlm.bench.serve import run_serve_bench
+    from service.bench import run_serve_bench
 
     rows = run_serve_bench(json_out=True, checkpoint=checkpoint_dir / "small.npz", chars=20,
                            rounds=1, levels=(1, 4))

@@ -15,7 +15,16 @@ from charlm.checkpoint import load_checkpoint
 from charlm.data import load_corpus
 from charlm.errors import CharlmError
 from charlm.model import CharLSTM, ModelConfig
-from charlm.train import StopFlag, TrainConfig, Trainer, get_lr
+from charlm.optim import Adam
+from charlm.train import (
+    NonFiniteLossError,
+    StopFlag,
+    TrainConfig,
+    Trainer,
+    get_lr,
+    resume_options,
+    train_step,
+)
 
 TEXT = "".join(f"line {i}: the quick brown fox jumps over {i % 7} lazy dogs.\n"
                for i in range(400))
@@ -118,6 +127,38 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(corpus_path, tmp_path
     ck = load_checkpoint(tmp_path / "a" / "latest.npz")
     assert ck.meta["step"] == 5
     assert np.isfinite(ck.theta).all()
+
+
+def test_train_step_refuses_a_non_finite_loss_before_any_update(monkeypatch):
+    model = CharLSTM(ModelConfig(vocab_size=5, n_embd=4, n_hidden=8, n_layer=1, dropout=0.0))
+    opt, x = Adam(model.n_params, model.dtype), np.zeros((2, 3), np.int64)
+    assert np.isfinite(train_step(model, opt, x, x, model.zero_state(2), 0.1, 1.0))
+    before = model.theta.copy()
+    monkeypatch.setattr(CharLSTM, "loss_and_grad", lambda *args: float("inf"))
+    with pytest.raises(NonFiniteLossError, match="the loss became inf"):
+        train_step(model, opt, x, x, model.zero_state(2), 0.1, 1.0)
+    assert np.array_equal(model.theta, before) and opt.step == 1
+
+
+def test_the_trainer_leaves_the_callers_configs_alone(corpus_path, tmp_path):
+    model_cfg, cfg = small_model(), small_train(max_steps=2)
+    t = Trainer(load_corpus(corpus_path), model_cfg, cfg, tmp_path / "a")
+    run(t)
+    assert model_cfg == small_model() and cfg == small_train(max_steps=2)
+    assert t.model.config.vocab_size == t.vocab.vocab_size != model_cfg.vocab_size
+
+
+def test_resume_options_are_the_given_ones_else_the_checkpoints(corpus_path, tmp_path):
+    run(Trainer(load_corpus(corpus_path), small_model(), small_train(max_steps=3, lr=1e-3),
+                tmp_path / "a"))
+    ck = load_checkpoint(tmp_path / "a" / "latest.npz")
+    typed = TrainConfig(max_steps=9, lr=5e-3, warmup_steps=7)  # else the defaults
+    cfg, corpus = resume_options(typed, {"max_steps"}, ck)
+    assert cfg == small_train(max_steps=9, lr=1e-3) and corpus == str(corpus_path.resolve())
+    cfg, corpus = resume_options(typed, {"max_steps", "lr"}, ck, "other.txt")
+    assert cfg == small_train(max_steps=9, lr=5e-3) and corpus == "other.txt"
+    del ck.meta["train_config"]["warmup_steps"]  # as in a checkpoint from before the option
+    assert resume_options(typed, (), ck)[0] == small_train(max_steps=3, lr=1e-3, warmup_steps=7)
 
 
 def test_best_and_latest(corpus_path, tmp_path):

@@ -23,6 +23,7 @@ VOCAB = 65
 STREAMS = (8, 32)
 ITOS = [chr(32 + v) for v in range(VOCAB)]  # printable ASCII from the space on
 PROMPT = "ABRACADABRA, " * 4
+ROUNDS = 5  # interleaved measurement rounds
 
 
 def threads() -> int:
@@ -98,7 +99,7 @@ def batch_chars_per_s(packed: PackedModel, n_streams: int, seconds: float = 0.5)
     return n_streams * steps / (time.perf_counter() - t0)
 
 
-def run_sample_bench(json_out: bool = False, rounds: int = 5,
+def run_sample_bench(json_out: bool = False, rounds: int = ROUNDS,
                      configs: tuple[tuple[int, int], ...] = CONFIGS,
                      streams: tuple[int, ...] = STREAMS) -> list[dict]:
     """Time charlm and (when importable) torch on each config; print and return the results."""

@@ -1,9 +1,10 @@
 """`charlm bench train`: chars/s of full training steps, charlm and PyTorch side by side.
 
-A step is forward, backward, global-norm clipping and Adam on a batch of B x T characters.
-The PyTorch peer (nn.Embedding -> nn.LSTM, nn.GRU or nn.RNN -> nn.Linear) runs in the same
-process on the same shapes and thread count, in blocks interleaved with ours, so machine
-noise hits both alike. torch has no peephole or coupled LSTM: those cells get no ratio.
+A step is the trainer's own (train.train_step: forward, backward, the finite-loss check,
+global-norm clipping and Adam) on a batch of B x T characters. The PyTorch peer (nn.Embedding
+-> nn.LSTM, nn.GRU or nn.RNN -> nn.Linear) runs in the same process on the same shapes and
+thread count, in blocks interleaved with ours, so machine noise hits both alike. torch has no
+peephole or coupled LSTM: those cells get no ratio.
 """
 
 import json
@@ -17,12 +18,15 @@ import numpy as np
 
 from charlm import kernels
 from charlm.model import CELLS, CharLSTM, ModelConfig
-from charlm.optim import Adam, clip_grad_norm
+from charlm.optim import Adam
+from charlm.train import train_step
 
 CONFIGS = ((2, 128), (2, 512))
 TORCH_CELLS = {name: c.torch for name, c in CELLS.items() if c.torch}  # torch.nn's module
 VOCAB = 65
 LR, CLIP = 2e-3, 5.0
+BATCH, SEQ_LEN = 50, 50  # the window of every timed step
+ROUNDS = 5  # interleaved measurement rounds
 
 
 def blas_threads() -> int:
@@ -41,10 +45,7 @@ def charlm_step(n_layer: int, n_hidden: int, B: int, T: int,
     state = model.zero_state(B)
 
     def step() -> float:
-        loss = model.loss_and_grad(x, y, state)
-        clip_grad_norm(model.grad, CLIP)
-        opt.update(model.theta, model.grad, LR)
-        return loss
+        return train_step(model, opt, x, y, state, LR, CLIP)
 
     return step
 
@@ -126,8 +127,8 @@ def profile_charlm(n_layer: int, n_hidden: int, B: int, T: int, n: int,
     return profile
 
 
-def run_train_bench(batch: int = 50, seq_len: int = 50, rounds: int = 5, json_out: bool = False,
-                    profile: bool = False,
+def run_train_bench(batch: int = BATCH, seq_len: int = SEQ_LEN, rounds: int = ROUNDS,
+                    json_out: bool = False, profile: bool = False,
                     configs: tuple[tuple[int, int], ...] = CONFIGS,
                     cells: tuple[str, ...] = tuple(CELLS)) -> list[dict]:
     """Time charlm and (when importable) torch on each cell and config; print and return the

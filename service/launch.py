@@ -1,4 +1,8 @@
-"""`charlm serve`: the HTTP service on this machine, under gunicorn (or Flask's dev server)."""
+"""`charlm serve`: the HTTP service on this machine, under gunicorn (or Flask's dev server).
+
+It lives in the service package because it starts the service; the library (charlm/) never
+imports this package, and the CLI's serve command imports this module only when it runs.
+"""
 
 import os
 import sys
@@ -6,7 +10,7 @@ from pathlib import Path
 
 from charlm.errors import CharlmError
 
-CONF = Path(__file__).resolve().parent.parent / "service" / "gunicorn.conf.py"
+CONF = Path(__file__).resolve().parent / "gunicorn.conf.py"
 
 
 def serve_env(checkpoints: Path, max_concurrency: int | None = None,

@@ -3,6 +3,7 @@
 Reports the time to first character (request sent to first event read), chars/s per stream,
 and total chars/s. The clients are sockets of this process, driven by one thread on the same
 machine, so on a small machine they take some of the CPU the server would otherwise have.
+It sits in the service package, beside the launcher it uses: charlm/ never imports service.
 """
 
 import http.client
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from charlm.errors import CharlmError
-from charlm.serve import gunicorn_argv, serve_env
+from service.launch import gunicorn_argv, serve_env
 
 DEFAULT = Path("checkpoints/default.npz")
 LEVELS = (1, 8, 32)
