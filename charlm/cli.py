@@ -308,6 +308,9 @@ def sample(
     settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                               max_new_chars=length, stop=tuple(stop or ()))
     ck = load_checkpoint(find_checkpoint(checkpoint))
+    from charlm.warmup import warmup
+
+    warmup(train=False, forward=False)  # before the first character, not in its middle
     gen = Generator(ck.model(), ck.vocab)
     if distribution:
         from rich.console import Console

@@ -40,7 +40,7 @@ def run_training(corpus: str | None, model_cfg: ModelConfig, cfg: TrainConfig, o
                   f"parameters" + (f"\nresuming at step {trainer.step}" if previous else ""))
     from charlm.warmup import warmup
 
-    warmup()
+    warmup((m.cell,), (m.dtype,))
     t0 = time.perf_counter()
     last_val = float("nan")
     columns = (TextColumn("step {task.fields[steps]}"), BarColumn(),

@@ -9,12 +9,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from charlm.checkpoint import Checkpoint, load_checkpoint
 from charlm.errors import CharlmError
-from charlm.generate import Generator, PackedModel, SampleSettings
-from charlm.model import CharLSTM
+from charlm.generate import PackedModel
+from charlm.warmup import warmup
 from service.engine import Engine
 from service.errors import ApiError
 
@@ -80,16 +78,6 @@ def discover(source: Path) -> dict[str, Path]:
     return found
 
 
-def warm(packed: PackedModel, model: CharLSTM) -> None:
-    """Compile (or load from numba's cache) the kernels this model runs: a short stream, and
-    the full forward pass that /activations uses (a cold compile would cost its first caller
-    half a minute)."""
-    gen = Generator.from_packed(packed)
-    gen.complete(packed.itos[0] * 2, SampleSettings(temperature=0.5, top_k=3, top_p=0.9,
-                                                    seed=0, max_new_chars=2, top_n=2))
-    model.activations(np.zeros((1, 2), np.int64))
-
-
 class Models:
     """The models of one app, loaded once; ready is set when all of them can generate."""
 
@@ -138,7 +126,8 @@ class Models:
                 self.skipped[path.name] = str(e)
                 log.error("skipping %s: %s", path, e)
                 continue
-            warm(packed, model)
+            # a cold compile would cost the first request half a minute
+            warmup((model.config.cell,), (model.config.dtype,), train=False)
             engine = Engine(packed, name)
             self.models[name] = Served(name, path, ckpt, packed, engine,
                                        int(path.stat().st_mtime))

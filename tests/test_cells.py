@@ -37,7 +37,8 @@ def encode(text: str) -> np.ndarray:
 def test_shapes_and_initialisation():
     H, E, V = 20, 8, len(ITOS)
     for cell, spec in CELLS.items():
-        model = CharLSTM(ModelConfig(vocab_size=V, n_embd=E, n_hidden=H, n_layer=2, cell=cell))
+        model = CharLSTM(ModelConfig(vocab_size=V, n_embd=E, n_hidden=H, n_layer=2, cell=cell,
+                                     forget_bias=1.0))
         shapes = param_shapes(model.config)
         G = spec.blocks
         assert shapes["W0"] == (E, G * H) and shapes["U1"] == (H, G * H)

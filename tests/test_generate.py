@@ -17,10 +17,10 @@ from charlm.generate import (
     PackedModel,
     SampleSettings,
     next_distribution,
-    warmup,
 )
 from charlm.generate import batch as generate_batch
 from charlm.model import CharLSTM, ModelConfig
+from charlm.warmup import warmup
 
 ITOS = list("\n !',.:;?abcdefghijklmnopqrstuvwxyz")
 # n_hidden 20 is one full block of 16 units and a partial one of 4

@@ -21,11 +21,10 @@ the stream runs alone or in a batch, in this process or another on a machine of 
 from charlm.generate.api import Generator, next_distribution
 from charlm.generate.batch import Batch, Event
 from charlm.generate.draw import entropy, log_softmax
-from charlm.generate.kernels import warmup
 from charlm.generate.packing import PackedModel, Primed
 from charlm.generate.settings import Completion, Distribution, SampleSettings, Token
 from charlm.generate.stops import Stops
 
 __all__ = ["Batch", "Completion", "Distribution", "Event", "Generator", "PackedModel",
            "Primed", "SampleSettings", "Stops", "Token", "entropy", "log_softmax",
-           "next_distribution", "warmup"]
+           "next_distribution"]

@@ -166,7 +166,8 @@ class Batch:
         self._at[i].slot, self._at[j].slot = i, j
 
     def _kernel_args(self) -> tuple:
-        """The step kernel's arguments over the running slots, rebuilt when they change."""
+        """The step kernel's arguments over the running slots, rebuilt when they change, and
+        the serial and threaded kernels' compiled code for them."""
         if self._args is None:
             n = self._n_running
             self._args = (self.packed.weights,
@@ -176,6 +177,9 @@ class Batch:
                           GK.Work(self.h_new[:n], self.z[:n], self.logits[:n], self.p[:n],
                                   self.order[:n], self.logp[:n]))
             self._drawn = (self.x[:n], self.logp[:n])
+            self._kernels = (GK.entry_point(GK.step, self._args),
+                             GK.entry_point(GK.step_threads, self._args)
+                             if self.packed.threads > 1 else None)
         return self._args
 
     @property
@@ -275,15 +279,16 @@ class Batch:
 
     def _run_step(self, args: tuple) -> None:
         """The step kernel: serial, or threaded when that has been the faster lately."""
-        if self.packed.threads == 1:
-            GK.step(*args)
+        serial, threaded_kernel = self._kernels
+        if threaded_kernel is None:
+            serial(*args)
             return
         B = self._n_running
         # a step takes longer with more streams: only like is compared with like
         choice = self._choices.setdefault(B.bit_length(), _Choice(self._threaded))
         threaded, probe = choice.next()
         t0 = time.perf_counter()
-        (GK.step_threads if threaded else GK.step)(*args)
+        (threaded_kernel if threaded else serial)(*args)
         self._threaded = choice.record(threaded, probe, (time.perf_counter() - t0) / B)
 
     def _top(self, slot: int, n: int) -> tuple[tuple[str, float], ...]:
