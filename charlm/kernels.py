@@ -21,6 +21,12 @@ LEAF = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
 # generation's products (explicit fmas) and cells: fma contraction only, so no sum is reordered
 # (fastmath=True would allow reassociation, which can differ between inlined copies)
 MATVEC = dict(cache=True, fastmath={"contract"}, error_model="numpy", nogil=True)
+# the cells' packed steps of generation: no contraction at all. A sum of two products (f c + i g)
+# can be fused into an fma around either one, and LLVM's choice follows the code around it
+# (the serial step or a thread's group of streams, a fresh compile or numba's cache), so a
+# stream's text would depend on how it was run. fastmath=False is set, not left out: left out,
+# numba lets a function inherit its first caller's flags.
+STEP = dict(cache=True, fastmath=False, error_model="numpy", nogil=True)
 BLOCK = 16  # units per gate block of generation's packed columns: two float32 vectors a gate
 
 

@@ -9,7 +9,7 @@ import numba as nb
 import numpy as np
 
 from charlm.cells.cell import Cell
-from charlm.kernels import BLOCK, LEAF, MATVEC, ONE, sigmoid, tanh
+from charlm.kernels import BLOCK, LEAF, ONE, STEP, sigmoid, tanh
 
 
 @nb.njit(**LEAF)
@@ -91,7 +91,7 @@ def coupled_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UT):
     np.dot(Hprev.T, dZ.reshape(T * B, H3), dU)
 
 
-@nb.njit(**MATVEC)
+@nb.njit(**STEP)
 def coupled_step(z, P, h, c, h_new, u0, u1):
     r"""The coupled LSTM cell of one stream for units [u0, u1) (packed f, g, o).
 

@@ -12,7 +12,7 @@ import numba as nb
 import numpy as np
 
 from charlm.cells.cell import Cell, Extra
-from charlm.kernels import BLOCK, LEAF, MATVEC, ONE, sigmoid, tanh
+from charlm.kernels import BLOCK, LEAF, ONE, STEP, sigmoid, tanh
 
 
 @nb.njit(**LEAF)
@@ -115,7 +115,7 @@ def gru_backward(G, U, Q, Hs, dH, dZ, dN, dh, dh_skip, dU, dbh, UT):
             dq[j] = da[j]  # from here on dZ is the input side's gradient
 
 
-@nb.njit(**MATVEC)
+@nb.njit(**STEP)
 def gru_step(z, P, h, c, h_new, u0, u1):
     r"""The GRU cell of one stream for units [u0, u1) (packed r, z, n).
 

@@ -14,7 +14,7 @@ import numba as nb
 import numpy as np
 
 from charlm.cells.cell import Cell
-from charlm.kernels import BLOCK, LEAF, MATVEC, ONE, sigmoid, tanh
+from charlm.kernels import BLOCK, LEAF, ONE, STEP, sigmoid, tanh
 
 
 @nb.njit(**LEAF)
@@ -119,7 +119,7 @@ def lstm_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UT):
     np.dot(Hprev.T, dZ.reshape(T * B, H4), dU)
 
 
-@nb.njit(**MATVEC)
+@nb.njit(**STEP)
 def lstm_step(z, P, h, c, h_new, u0, u1):
     r"""The LSTM cell of one stream for units [u0, u1), from gates z in the packed layout.
 

@@ -11,7 +11,7 @@ import numba as nb
 import numpy as np
 
 from charlm.cells.cell import Cell, Extra
-from charlm.kernels import BLOCK, LEAF, MATVEC, ONE, sigmoid, tanh
+from charlm.kernels import BLOCK, LEAF, ONE, STEP, sigmoid, tanh
 
 
 @nb.njit(**LEAF)
@@ -112,7 +112,7 @@ def peephole_backward(G, U, P, Hs, Cs, dH, dZ, dh, dc, dU, dP, UT):
     np.dot(Hprev.T, dZ.reshape(T * B, H4), dU)
 
 
-@nb.njit(**MATVEC)
+@nb.njit(**STEP)
 def peephole_step(z, P, h, c, h_new, u0, u1):
     r"""The peephole LSTM cell of one stream for units [u0, u1) (packed i, f, g, o).
 

@@ -7,7 +7,7 @@ import numba as nb
 import numpy as np
 
 from charlm.cells.cell import Cell
-from charlm.kernels import LEAF, MATVEC, ONE, tanh
+from charlm.kernels import LEAF, ONE, STEP, tanh
 
 
 @nb.njit(**LEAF)
@@ -64,7 +64,7 @@ def rnn_backward(U, Hs, dH, dZ, dh, dU, UT):
     np.dot(Hprev.T, dZ.reshape(T * B, H), dU)
 
 
-@nb.njit(**MATVEC)
+@nb.njit(**STEP)
 def rnn_step(z, P, h, c, h_new, u0, u1):
     r"""The tanh RNN cell of one stream for units [u0, u1): h_new = tanh(z)."""
     for j in range(u0, u1):
