@@ -8,7 +8,6 @@ import pytest
 from golden.record import CELL_NAMES, GOLDEN, cli_sample, generation, service_next, training
 
 
-
 @pytest.fixture(scope="module")
 def golden():
     return json.loads(GOLDEN.read_text(encoding="utf-8"))
