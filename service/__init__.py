@@ -36,10 +36,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.from_mapping(test_config)
     normalize(app.config)
 
-    from service import completions, distribution, meta, playground, security, tgi
-    from service.errors import register_error_handlers
-    from service.models import Models
-    from service.state import Slots, State
+    from . import completions, distribution, meta, playground, security, tgi
+    from .errors import register_error_handlers
+    from .models import Models
+    from .state import Slots, State
 
     models = Models(app.config["CHECKPOINTS"], app.config["DEFAULT_MODEL"],
                     app.config["KERNEL_THREADS"])

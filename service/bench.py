@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from charlm.errors import CharlmError
-from service.launch import gunicorn_argv, serve_env
+
+from .launch import gunicorn_argv, serve_env
 
 DEFAULT = Path("checkpoints/default.npz")
 LEVELS = (1, 8, 32)

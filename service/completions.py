@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from flask import Blueprint, current_app, jsonify
 
 from charlm.generate import SampleSettings, Token
-from service import generation, sse
-from service.engine import GenerationError
-from service.errors import ApiError, validation
-from service.generation import Run, check_prompt
-from service.models import Served
-from service.params import get_bool, get_float, get_int, get_object, get_stop, get_str, json_body
-from service.state import current
+
+from . import generation, sse
+from .engine import GenerationError
+from .errors import ApiError, validation
+from .generation import Run, check_prompt
+from .models import Served
+from .params import get_bool, get_float, get_int, get_object, get_stop, get_str, json_body
+from .state import current
 
 bp = Blueprint("completions", __name__, url_prefix="/v1")
 

@@ -6,11 +6,12 @@ import numpy as np
 from flask import Blueprint, jsonify
 
 from charlm.generate import SampleSettings, entropy, log_softmax
-from service.engine import GenerationError
-from service.errors import ApiError
-from service.generation import check_prompt, start
-from service.params import get_float, get_int, get_str, json_body
-from service.state import current
+
+from .engine import GenerationError
+from .errors import ApiError
+from .generation import check_prompt, start
+from .params import get_float, get_int, get_str, json_body
+from .state import current
 
 bp = Blueprint("distribution", __name__)
 

@@ -12,10 +12,11 @@ from flask import current_app, request
 
 from charlm.errors import CharlmError
 from charlm.generate import SampleSettings, Stops, Token
-from service.engine import Job, drain
-from service.errors import ClientGoneError, validation
-from service.models import Served
-from service.state import Slots, current
+
+from .engine import Job, drain
+from .errors import ClientGoneError, validation
+from .models import Served
+from .state import Slots, current
 
 GONE_CHECK_S = 0.05  # while an answer is built, how often to look whether its client left
 

@@ -55,7 +55,7 @@ def run_serve(checkpoints: Path = Path("checkpoints"), host: str = "127.0.0.1", 
     Replaces this process with gunicorn and service/gunicorn.conf.py (what the Procfile runs),
     or with dev=True runs Flask's single-process development server in this one.
     """
-    from service.models import discover
+    from .models import discover
 
     if not CONF.is_file():
         raise CharlmError(f"{CONF} is missing: run from a charlm source checkout")
@@ -66,7 +66,7 @@ def run_serve(checkpoints: Path = Path("checkpoints"), host: str = "127.0.0.1", 
     if dev:
         os.environ.update(env)
         os.environ["CHARLM_LOAD"] = "sync"
-        from service import create_app
+        from . import create_app
 
         app = create_app()
         if app.extensions["charlm"].models.error:

@@ -3,7 +3,8 @@
 from flask import Blueprint, current_app, jsonify
 
 from charlm import __version__
-from service.state import current
+
+from .state import current
 
 bp = Blueprint("meta", __name__)
 

@@ -13,8 +13,9 @@ from charlm.checkpoint import Checkpoint, load_checkpoint
 from charlm.errors import CharlmError
 from charlm.generate import PackedModel
 from charlm.warmup import warmup
-from service.engine import Engine
-from service.errors import ApiError
+
+from .engine import Engine
+from .errors import ApiError
 
 log = logging.getLogger(__name__)
 

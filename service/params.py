@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import request
 
-from service.errors import ApiError, validation
+from .errors import ApiError, validation
 
 MISSING: Any = object()
 

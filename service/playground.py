@@ -4,11 +4,12 @@ import numpy as np
 from flask import Blueprint, current_app, jsonify, request
 
 from charlm.cells import CELLS
-from service.errors import validation
-from service.generation import check_prompt
-from service.models import Served
-from service.params import get_str, json_body
-from service.state import current
+
+from .errors import validation
+from .generation import check_prompt
+from .models import Served
+from .params import get_str, json_body
+from .state import current
 
 bp = Blueprint("playground", __name__, static_folder="static",
                static_url_path="/playground")

@@ -4,7 +4,7 @@ import hmac
 
 from flask import Flask, Response, current_app, request
 
-from service.errors import ApiError
+from .errors import ApiError
 
 OPEN = {"/health"}  # load balancers probe it without a key
 METHODS = "GET, POST, OPTIONS"

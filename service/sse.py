@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 from flask import Response
 
-from service.generation import Run
+from .generation import Run
 
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering
 

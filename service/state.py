@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 from flask import current_app
 
-from service.errors import ApiError
-from service.models import Models
+from .errors import ApiError
+from .models import Models
 
 
 class Slots:
