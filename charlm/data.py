@@ -26,6 +26,7 @@ from typing import BinaryIO
 import numpy as np
 
 from charlm.errors import CharlmError
+from charlm.vocab import Vocab, code_points, from_code_points
 
 CHUNK_BYTES = 2**18  # read and encode this much at a time: small pieces keep peak memory low
 CACHE_MIN_BYTES = 16 * 2**20  # corpora larger than this are encoded once into the cache
@@ -173,96 +174,6 @@ def _pieces(path: Path, errors: str) -> Iterator[tuple[int, str]]:
         raise CharlmError(f"could not read {path}: {e.strerror or e}") from None
 
 
-# -- the vocabulary ---------------------------------------------------------------------------
-
-
-def _codes(text: str) -> np.ndarray:
-    """The code points of text as a uint32 array, without a Python object per character."""
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-
-
-def _chars(codes: np.ndarray) -> str:
-    return np.asarray(codes, np.uint32).tobytes().decode("utf-32-le", "surrogatepass")
-
-
-def id_dtype(vocab_size: int) -> np.dtype:
-    """The smallest integer type that holds every id of a vocabulary this size."""
-    if vocab_size <= 2**8:
-        return np.dtype(np.uint8)
-    if vocab_size <= 2**16:
-        return np.dtype(np.uint16)
-    return np.dtype(np.int32)
-
-
-def _unknown_message(chars: str) -> str:
-    shown = ", ".join(repr(c) for c in chars[:10])
-    more = f" and {len(chars) - 10} more" if len(chars) > 10 else ""
-    n = len(chars)
-    return f"{n} character{'s' if n > 1 else ''} not in the vocabulary: {shown}{more}"
-
-
-class Vocab:
-    """Characters <-> ids: itos[i] is the character with id i, stoi its inverse."""
-
-    def __init__(self, chars: list[str]) -> None:
-        for c in chars:
-            if not isinstance(c, str) or len(c) != 1:
-                raise CharlmError(f"a vocabulary entry must be one character, got {c!r}")
-        if len(set(chars)) != len(chars):
-            raise CharlmError("the vocabulary lists a character twice")
-        self.itos = list(chars)
-        self.stoi = {c: i for i, c in enumerate(self.itos)}
-        self.vocab_size = len(self.itos)
-        self.dtype = id_dtype(self.vocab_size)
-        self._code = _codes("".join(self.itos))  # id -> code point
-        top = int(self._code.max()) + 1 if self.vocab_size else 0
-        # code point -> id, -1 if unknown; the extra last slot stands for every code above
-        self._lut = np.full(top + 1, -1, np.int32)
-        self._lut[self._code] = np.arange(self.vocab_size, dtype=np.int32)
-
-    @classmethod
-    def from_text(cls, text: str) -> "Vocab":
-        """The sorted set of text's characters."""
-        return cls(list(_chars(np.flatnonzero(np.bincount(_codes(text))))))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Vocab) and self.itos == other.itos
-
-    def __repr__(self) -> str:
-        return f"Vocab({''.join(self.itos)!r})"
-
-    def ids(self, codes: np.ndarray) -> np.ndarray:
-        """int32 ids of an array of code points, -1 for those not in the vocabulary."""
-        return self._lut[np.minimum(codes, len(self._lut) - 1)]
-
-    def encode(self, text: str, unknown: str = "error") -> np.ndarray:
-        """text as ids; characters not in the vocabulary are an error, or dropped."""
-        if unknown not in ("error", "drop"):
-            raise ValueError(f"unknown must be 'error' or 'drop', got {unknown!r}")
-        codes = _codes(text)
-        ids = self.ids(codes)
-        bad = ids < 0
-        if bad.any():
-            if unknown == "error":
-                raise CharlmError(_unknown_message(_chars(np.unique(codes[bad]))))
-            ids = ids[~bad]
-        return ids.astype(self.dtype)
-
-    def decode(self, ids) -> str:
-        """The text of a sequence of ids."""
-        a = np.asarray(ids).ravel()
-        if a.size == 0:
-            return ""
-        if a.dtype.kind not in "iu" or a.min() < 0 or a.max() >= self.vocab_size:
-            raise ValueError(f"ids must be integers in [0, {self.vocab_size})")
-        return _chars(self._code[a])
-
-    def unknown_chars(self, text: str) -> list[str]:
-        """The sorted distinct characters of text that are not in the vocabulary."""
-        codes = _codes(text)
-        return list(_chars(np.unique(codes[self.ids(codes) < 0])))
-
-
 # -- the corpus -------------------------------------------------------------------------------
 
 
@@ -328,7 +239,7 @@ def _plan(path: Path, val_frac: float, errors: str) -> _Plan:
     val_counts = np.zeros(MAX_CODE + 1, np.int64)
     pos = 0
     for _, text in _pieces(path, errors):
-        codes = _codes(text)
+        codes = code_points(text)
         cut = min(max(n_train - pos, 0), len(codes))
         in_train[codes[:cut]] = True
         if cut < len(codes):
@@ -336,7 +247,7 @@ def _plan(path: Path, val_frac: float, errors: str) -> _Plan:
         pos += len(codes)
     if pos != n:
         raise _changed(path)
-    vocab = Vocab(list(_chars(np.flatnonzero(in_train))))
+    vocab = Vocab(list(from_code_points(np.flatnonzero(in_train))))
     return _Plan(n, n_train, vocab, int(val_counts[~in_train].sum()))
 
 
@@ -344,7 +255,7 @@ def _encoded(path: Path, plan: _Plan, errors: str) -> Iterator[np.ndarray]:
     """The ids of the file piece by piece, less the validation characters outside the vocab."""
     pos = 0
     for _, text in _pieces(path, errors):
-        ids = plan.vocab.ids(_codes(text))
+        ids = plan.vocab.ids(code_points(text))
         cut = min(max(plan.n_train - pos, 0), len(ids))
         val = ids[cut:]
         if (ids[:cut] < 0).any():

@@ -21,11 +21,11 @@ import numpy as np
 
 from charlm import reber
 from charlm.batches import Batcher
-from charlm.data import Vocab
 from charlm.errors import CharlmError
 from charlm.model import CELLS, CharLSTM, ModelConfig
 from charlm.optim import Adam
 from charlm.train import train_step
+from charlm.vocab import Vocab
 
 VOCAB = Vocab.from_text(reber.ALPHABET + reber.NEWLINE)  # what `charlm train` builds from it
 

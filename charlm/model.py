@@ -14,6 +14,8 @@ import numpy as np
 from charlm import kernels as K
 from charlm.cells import CELLS
 
+DTYPES = ("float32", "float64")  # float64 for gradient checks
+
 
 @dataclass
 class ModelConfig:
@@ -36,7 +38,7 @@ class ModelConfig:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if not math.isfinite(self.forget_bias):
             raise ValueError(f"forget_bias must be a finite number, got {self.forget_bias}")
-        if self.dtype not in ("float32", "float64"):
+        if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
 
     def to_dict(self) -> dict:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charlm.data import Vocab
 from charlm.errors import CharlmError
+from charlm.vocab import Vocab
 
 NEWLINE = "\n"
 ALPHABET = "BEPSTVX"  # the grammar's symbols; with "\n" between strings, what a model sees

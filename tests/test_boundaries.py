@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # the command line may start the service, importing it inside the command that does so
-COMMAND_LINE = ROOT / "charlm" / "cli.py"
+COMMAND_LINE = (ROOT / "charlm" / "cli.py", ROOT / "charlm" / "cli_groups.py")
 
 
 def service_imports(path: Path) -> list[tuple[int, bool]]:
@@ -33,11 +33,11 @@ def service_imports(path: Path) -> list[tuple[int, bool]]:
 
 def test_no_charlm_module_imports_the_service():
     sources = sorted((ROOT / "charlm").rglob("*.py"))
-    assert COMMAND_LINE in sources and len(sources) > 10
+    assert set(COMMAND_LINE) <= set(sources) and len(sources) > 10
     for path in sources:
         for line, in_function in service_imports(path):
             where = f"{path.relative_to(ROOT)}:{line}"
-            assert path == COMMAND_LINE, f"{where} imports service"
+            assert path in COMMAND_LINE, f"{where} imports service"
             assert in_function, f"{where} imports service when the command line loads"
 
 

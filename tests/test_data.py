@@ -10,8 +10,9 @@ import pytest
 
 from charlm import data
 from charlm.batches import Batcher, iter_eval
-from charlm.data import Vocab, load_corpus, read_text
+from charlm.data import load_corpus, read_text
 from charlm.errors import CharlmError
+from charlm.vocab import Vocab
 
 UNICODE = "héllo → 世界 🎉\n"
 

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from charlm import reference
-from charlm.cli import distribution_table, print_sample, visible
 from charlm.errors import CharlmError
 from charlm.generate import (
     Batch,
@@ -20,6 +19,7 @@ from charlm.generate import (
 )
 from charlm.generate import batch as generate_batch
 from charlm.model import CharLSTM, ModelConfig
+from charlm.terminal import distribution_table, print_sample, visible
 from charlm.warmup import warmup
 
 ITOS = list("\n !',.:;?abcdefghijklmnopqrstuvwxyz")

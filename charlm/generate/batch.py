@@ -125,6 +125,7 @@ class Batch:
         self._next_id = 0
         self._finished: list[Event] = []  # streams that finished before their first step
         self._args: tuple | None = None
+        self._kernels: tuple | None = None  # the compiled serial and threaded step
         # which kernel has been the faster, per range of batch sizes (see _Choice)
         self._choices: dict[int, _Choice] = {}
         self._threaded = packed.threads > 1  # the last choice, for reading prompts
@@ -177,9 +178,10 @@ class Batch:
                           GK.Work(self.h_new[:n], self.z[:n], self.logits[:n], self.p[:n],
                                   self.order[:n], self.logp[:n]))
             self._drawn = (self.x[:n], self.logp[:n])
-            self._kernels = (GK.entry_point(GK.step, self._args),
-                             GK.entry_point(GK.step_threads, self._args)
-                             if self.packed.threads > 1 else None)
+            if self._kernels is None:  # the types stay: the same dtypes, contiguous rows
+                self._kernels = (GK.entry_point(GK.step, self._args),
+                                 GK.entry_point(GK.step_threads, self._args)
+                                 if self.packed.threads > 1 else None)
         return self._args
 
     @property

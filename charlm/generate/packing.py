@@ -17,12 +17,12 @@ import numba as nb
 import numpy as np
 
 from charlm.cells import CELLS, KIND
-from charlm.data import Vocab
 from charlm.errors import CharlmError
 from charlm.generate import kernels as GK
 from charlm.generate.gemm import PANEL, as_panels
 from charlm.kernels import BLOCK
 from charlm.model import CharLSTM
+from charlm.vocab import Vocab
 
 # about one core's L2: weights beyond it stream from L3, which two cores read faster than one
 PART_BYTES = 1 << 20
