@@ -14,6 +14,7 @@ from charlm.errors import CharlmError
 from charlm.generate import SampleSettings
 from charlm.model import ModelConfig
 from charlm.terminal import (
+    CELL_HELP,
     Cell,
     Dtype,
     EncodingErrors,
@@ -51,7 +52,7 @@ def train(
                         ] = ModelConfig.n_hidden,
     n_embd: Annotated[int, typer.Option(min=1, help="Size of the character embedding.")
                       ] = ModelConfig.n_embd,
-    cell: Annotated[Cell, typer.Option(help="The recurrent cell.")] = ModelConfig.cell,
+    cell: Annotated[Cell, typer.Option(help=CELL_HELP)] = ModelConfig.cell,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.95,
                                            help="Dropout between layers and before the head.")
                        ] = ModelConfig.dropout,

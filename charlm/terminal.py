@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from charlm.generate import Completion, Distribution, Generator, SampleSettings
 
 CELL_NAMES = ", ".join(list(CELLS)[:-1]) + f" or {list(CELLS)[-1]}"  # for messages
+CELL_HELP = "The recurrent cell: " + "; ".join(f"{name}, {c.doc}" for name, c in CELLS.items())
 
 
 def choices(name: str, values: Iterable[str]) -> type[Enum]:

@@ -239,3 +239,17 @@ def test_the_gate_loops_are_vectorised():
         # the vectorised ones have 10 to 67
         n_vector = len(re.findall(r"fmul[a-z ]*<\d+ x float>", ir))
         assert n_vector >= 4, f"{name}'s gate loop is scalar ({n_vector} vector multiplies)"
+
+
+def test_the_command_line_offers_what_the_registry_holds():
+    """--cell's choices and help come from charlm.cells.CELLS: a registered cell shows up."""
+    from typer.testing import CliRunner
+
+    from charlm.cli import app
+
+    out = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["train", "--help"]).output
+    assert "<" + "|".join(CELLS) + ">" in out
+    for name, cell in CELLS.items():
+        assert f"{name}, {cell.doc}" in " ".join(out.split())
+    r = CliRunner().invoke(app, ["train", "--cell", "lstmx", "--max-steps", "1"])
+    assert r.exit_code == 2 and "lstmx" in r.output
