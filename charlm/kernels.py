@@ -10,6 +10,10 @@ import numpy as np
 from numba import types
 from numba.extending import overload
 
+from charlm import jitcache
+
+jitcache.install()  # before any kernel is defined: see jitcache
+
 # constants typed float32 so float32 code stays float32 (an int or a python float would promote
 # to float64); in float64 kernels they promote exactly.
 ONE = np.float32(1.0)

@@ -8,6 +8,9 @@ forms that the library's distributions and the service's /next share.
 import numba as nb
 import numpy as np
 
+from charlm import jitcache
+
+jitcache.install()  # before any kernel is defined: see jitcache
 EXACT = dict(cache=True, nogil=True)
 
 # splitmix64 constants (Steele, Lea, Flood 2014), typed uint64 so numba never mixes in int64
