@@ -25,8 +25,8 @@ def cell_step(kind, z, P, h, c, h_new, u0, u1):
     """The packed step of cell number kind (its place in CELLS) for units [u0, u1) of a stream.
 
     One compiled step kernel serves every cell, with the cell a run-time argument: a kernel
-    compiled per cell would cost every cell the half minute the tiles take to compile. The
-    branch is taken once per stream and part of a layer, outside the loops over units.
+    compiled per cell would cost each cell the half minute the micro-kernel takes to compile.
+    The branch is taken once per stream and part of a layer, outside the loops over units.
     """
     if kind == 0:
         lstm.lstm_step(z, P, h, c, h_new, u0, u1)

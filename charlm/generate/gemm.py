@@ -38,8 +38,8 @@ from numba.extending import intrinsic
 from charlm.kernels import MATVEC
 
 PANEL = 16  # columns per panel: two AVX vectors of float32
-MAX_ACC = 12  # vector accumulators a tile may hold (2 R Q), leaving registers for the rest
-MAX_PANELS = 4  # panels per tile (one stream: 8 independent chains hide the FMA latency)
+MAX_ACC = 12  # vector accumulators one call may hold (2 R Q), leaving registers for the rest
+MAX_PANELS = 4  # panels per call (one stream: 8 independent chains hide the FMA latency)
 # the (streams, panels) shapes `microkernel` is compiled for
 SHAPES = tuple((r, q) for r in range(1, MAX_ACC // 2 + 1)
                for q in range(1, MAX_PANELS + 1) if 2 * r * q <= MAX_ACC)
