@@ -1,4 +1,4 @@
-"""The command groups: `charlm corpus`, `charlm bench` and `charlm experiment`."""
+"""The command groups: `charlm corpus`, `charlm bench`, `charlm experiment` and `charlm reber`."""
 
 import sys
 from pathlib import Path
@@ -18,6 +18,7 @@ corpus_app = typer.Typer(no_args_is_help=True, help="Named corpora: list, fetch,
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against an optional torch peer.")
 experiment_app = typer.Typer(no_args_is_help=True,
                              help="Experiments: every cell trained on the same task.")
+reber_app = typer.Typer(no_args_is_help=True, help="The Reber grammar: a hand-weighted LSTM.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,3 +188,25 @@ def experiment_reber(
                       f"accuracy {r.accuracy:.1%} ({r.seconds:.0f} s)", highlight=False)
 
     run_reber_experiment(cfg, json_out=json_out, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# reber
+
+
+@reber_app.command("handmade")
+@friendly
+def reber_handmade(
+    out: Annotated[Path, typer.Option(help="The checkpoint file to write (.npz).")],
+    embedded: Annotated[bool, typer.Option(
+        help="The embedded grammar: one more unit remembers the second letter.")] = False,
+) -> None:
+    """Write an LSTM checkpoint whose weights are set by hand, not trained, to predict the
+    Reber grammar's next symbols exactly (charlm/handmade.py documents every weight)."""
+    from charlm.handmade import write
+
+    names = write(out, embedded)
+    typer.echo(f"{out}: a 1 x {len(names)} LSTM built by hand for the "
+               f"{'embedded ' if embedded else ''}Reber grammar; its units:")
+    for k, name in enumerate(names):
+        typer.echo(f"  {k:2d}  {name}")
