@@ -27,7 +27,8 @@ def index():
 
 @bp.post("/activations")
 def activations():
-    """Each layer's tanh(c) and sigmoid gates at every character of "text", for the cell view."""
+    """Each layer's tanh(c) and sigmoid gates at every character of "text", for the cell view,
+    and the units' names when the checkpoint has them (null when not)."""
     body = json_body()
     served = current().models.get(get_str(body, "model", None))
     text = get_str(body, "text")
@@ -49,6 +50,7 @@ def activations():
                     "chars": [served.packed.itos[k] for k in idx],
                     "values": values, "gates": list(CELLS[cell].sigmoid_gates),
                     "n_layer": len(layers), "n_hidden": served.ckpt.config.n_hidden,
+                    "unit_names": served.ckpt.unit_names,
                     "layers": [{k: rounded(v) for k, v in acts.items()} for acts in layers]})
 
 
