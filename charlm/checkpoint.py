@@ -43,6 +43,11 @@ META_TYPES = {
     "train_history": list, "val_history": list, "best_val_loss": (int, float, type(None)),
     "corpus_sha256": (str, type(None)),
 }
+# what describes the model itself, kept by `charlm export`; a key left out is saved as None
+MODEL_META = {
+    "unit_names": None,  # optional: per layer, a name for each unit (n_layer lists of n_hidden)
+}
+MAX_UNIT_NAME = 80  # characters in one unit's name
 BIT_GENERATORS = {name: getattr(np.random, name)
                   for name in ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")}
 
@@ -61,6 +66,11 @@ class Checkpoint:
     def model(self) -> CharLSTM:
         return CharLSTM(self.config, theta=self.theta)
 
+    @property
+    def unit_names(self) -> list[list[str]] | None:
+        """Per layer, each unit's name, or None when the checkpoint names none."""
+        return self.meta["unit_names"]
+
     def rng(self) -> np.random.Generator | None:
         """A Generator in the saved state, or None if no state was saved."""
         state = self.meta["rng_state"]
@@ -76,7 +86,7 @@ def save_checkpoint(path: Path | str, model: CharLSTM, vocab: list[str], meta: d
     """Write model, vocab, meta (TRAIN_META keys) and opt_state to path, atomically."""
     path = Path(path)
     full = {
-        **copy.deepcopy(TRAIN_META), **meta,
+        **copy.deepcopy(TRAIN_META), **MODEL_META, **meta,
         "format": FORMAT, "format_version": VERSION, "config": model.config.to_dict(),
         "vocab": list(vocab), "charlm_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -169,7 +179,7 @@ def _build(arrays: dict[str, np.ndarray]) -> Checkpoint:
     meta = _meta(arrays[META])
     cfg = _config(meta["config"])
     vocab = _vocab(meta["vocab"], cfg.vocab_size)
-    for key, default in TRAIN_META.items():
+    for key, default in {**TRAIN_META, **MODEL_META}.items():
         meta.setdefault(key, copy.deepcopy(default))
     for key, types in META_TYPES.items():
         value = meta[key]
@@ -178,6 +188,7 @@ def _build(arrays: dict[str, np.ndarray]) -> Checkpoint:
     for key in ("train_history", "val_history"):
         if not all(isinstance(row, dict) for row in meta[key]):
             raise _ContentError(f"has bad metadata ({key} holds something other than objects)")
+    _unit_names(meta["unit_names"], cfg)
     if meta["rng_state"] is not None:
         try:
             _generator(meta["rng_state"])
@@ -271,6 +282,25 @@ def _vocab(vocab: object, vocab_size: int) -> list[str]:
         dup = next(ch for ch in vocab if vocab.count(ch) > 1)
         raise _ContentError(f"has a vocab with {dup!r} in it more than once")
     return vocab
+
+
+def _unit_names(names: object, cfg: ModelConfig) -> None:
+    """None, or n_layer lists of n_hidden names, each 1 to MAX_UNIT_NAME printable characters."""
+    if names is None:
+        return
+    want = f"{cfg.n_layer} lists (one per layer) of {cfg.n_hidden} names"
+    if not isinstance(names, list) or not all(isinstance(layer, list) for layer in names):
+        raise _ContentError(f"has bad unit_names (not {want})")
+    if len(names) != cfg.n_layer or any(len(layer) != cfg.n_hidden for layer in names):
+        got = ", ".join(str(len(layer)) for layer in names[:8]) or "none"
+        raise _ContentError(f"has bad unit_names ({len(names)} lists of {got} names where its "
+                            f"config needs {want})")
+    for layer in names:
+        for name in layer:
+            if not (isinstance(name, str) and 0 < len(name) <= MAX_UNIT_NAME
+                    and name.isprintable()):
+                raise _ContentError(f"has bad unit_names ({_oneline(ValueError(repr(name)))} is "
+                                    f"not 1 to {MAX_UNIT_NAME} printable characters)")
 
 
 def _generator(state: dict) -> np.random.Generator:

@@ -1,5 +1,5 @@
 """The `charlm` command line: train, eval, info, export, sample, serve, and the groups of
-cli_groups (corpus, bench, experiment)."""
+cli_groups (corpus, bench, experiment, reber)."""
 
 import inspect
 import sys
@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from charlm import reber
-from charlm.cli_groups import bench_app, corpus_app, experiment_app
+from charlm.cli_groups import bench_app, corpus_app, experiment_app, reber_app
 from charlm.errors import CharlmError
 from charlm.generate import SampleSettings
 from charlm.model import ModelConfig
@@ -33,6 +33,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(bench_app, name="bench")
 app.add_typer(experiment_app, name="experiment")
+app.add_typer(reber_app, name="reber")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +207,9 @@ def info(
     if tcfg:
         lines.append("options     " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                 for k, v in tcfg.items()))
+    for layer, names in enumerate(ck.unit_names or []):
+        lines.append(f"units       layer {layer + 1}:")
+        lines += [f"  {k:4d}  {name}" for k, name in enumerate(names)]
     typer.echo("\n".join(lines))
 
 
@@ -217,10 +221,17 @@ def export(
 ) -> None:
     """A serving copy of a checkpoint: weights, config, vocabulary and history, without the
     optimizer and data state (a third of the size; it cannot be resumed)."""
-    from charlm.checkpoint import TRAIN_META, find_checkpoint, load_checkpoint, save_checkpoint
+    from charlm.checkpoint import (
+        MODEL_META,
+        TRAIN_META,
+        find_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
 
     ck = load_checkpoint(find_checkpoint(checkpoint))
-    keep = {k: v for k, v in ck.meta.items() if k in TRAIN_META or k.startswith("corpus")}
+    keep = {k: v for k, v in ck.meta.items()
+            if k in TRAIN_META or k in MODEL_META or k.startswith("corpus")}
     keep["rng_state"] = None
     save_checkpoint(out, ck.model(), ck.vocab, keep)
     typer.echo(f"{out}: {out.stat().st_size / 1e6:.1f} MB")

@@ -1,4 +1,4 @@
-"""The command groups: `charlm corpus`, `charlm bench` and `charlm experiment`."""
+"""The command groups: `charlm corpus`, `charlm bench`, `charlm experiment` and `charlm reber`."""
 
 import sys
 from pathlib import Path
@@ -18,6 +18,8 @@ corpus_app = typer.Typer(no_args_is_help=True, help="Named corpora: list, fetch,
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against an optional torch peer.")
 experiment_app = typer.Typer(no_args_is_help=True,
                              help="Experiments: every cell trained on the same task.")
+reber_app = typer.Typer(no_args_is_help=True,
+                        help="The Reber grammar: a hand-weighted LSTM, and reading units.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,6 +170,8 @@ def experiment_reber(
                        ] = ReberConfig.grammar,
     jobs: Annotated[int, typer.Option(min=0, help="Worker processes (0: one per core).")
                     ] = ReberConfig.jobs,
+    save_dir: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Save each run's model here as <cell>-<seed>.npz.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per cell.")] = False,
 ) -> None:
     """Train every cell on the embedded Reber grammar with the same budget and seeds; print
@@ -176,8 +180,11 @@ def experiment_reber(
 
     from charlm.experiment import run_reber_experiment
 
-    cfg = config(ReberConfig, {**ctx.params, "cells": cell_list(cells)})
+    cfg = config(ReberConfig, {**ctx.params, "cells": cell_list(cells),
+                               "save_dir": str(save_dir) if save_dir else ""})
     cfg.validate()
+    if save_dir is not None:
+        save_dir.mkdir(parents=True, exist_ok=True)
     console, total, done = Console(stderr=True), len(cfg.cells) * seeds, []
 
     def progress(r) -> None:
@@ -187,3 +194,61 @@ def experiment_reber(
                       f"accuracy {r.accuracy:.1%} ({r.seconds:.0f} s)", highlight=False)
 
     run_reber_experiment(cfg, json_out=json_out, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# reber
+
+
+@reber_app.command("handmade")
+@friendly
+def reber_handmade(
+    out: Annotated[Path, typer.Option(help="The checkpoint file to write (.npz).")],
+    embedded: Annotated[bool, typer.Option(
+        help="The embedded grammar: one more unit remembers the second letter.")] = False,
+) -> None:
+    """Write an LSTM checkpoint whose weights are set by hand, not trained, to predict the
+    Reber grammar's next symbols exactly (charlm/handmade.py documents every weight)."""
+    from charlm.handmade import write
+
+    names = write(out, embedded)
+    typer.echo(f"{out}: a 1 x {len(names)} LSTM built by hand for the "
+               f"{'embedded ' if embedded else ''}Reber grammar; its units:")
+    for k, name in enumerate(names):
+        typer.echo(f"  {k:2d}  {name}")
+
+
+@reber_app.command("units")
+@friendly
+def reber_units(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or directory.")],
+    grammar: Annotated[Grammar, typer.Option(help="The grammar of the strings read.")
+                       ] = "embedded-reber",
+    strings: Annotated[int, typer.Option(min=1, max=100_000, help="Fresh strings to read.")
+                       ] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of the strings.")] = 99,
+) -> None:
+    """Which units of an LSTM can be read as the automaton's states: for each unit, the state
+    one threshold on its cell value tells best from all the others (balanced accuracy), and
+    in the embedded grammar how well it holds the branch (charlm/reading.py)."""
+    from charlm.checkpoint import find_checkpoint, load_checkpoint
+    from charlm.reading import READABLE, read_units
+
+    ck = load_checkpoint(find_checkpoint(checkpoint))
+    g = grammar.value
+    readings = read_units(ck.model(), ck.vocab, g, reber.generate(strings, seed, g))
+    names = ck.unit_names
+    for r in readings:
+        name = f"  ({names[r.layer][r.unit]})" if names else ""
+        branch = "" if r.branch is None else f"  branch is T {r.branch:.3f}"
+        typer.echo(f"{r.layer + 1}.{r.unit:<3d} {r.state:<18s} {r.accuracy:.3f}"
+                   f"{' (one symbol leads there)' if r.by_input else '':26s}{branch}{name}")
+    readable = [r for r in readings if r.readable]
+    states = {r.state for r in readable}
+    typer.echo(f"{len(readable)} of {len(readings)} units read as one state (balanced accuracy "
+               f">= {READABLE:g}), {sum(not r.by_input for r in readable)} of them a state more "
+               f"than one symbol leads into; {len(states)} distinct states")
+    if g == "embedded-reber":
+        best = max(readings, key=lambda r: r.branch)
+        typer.echo(f"the branch (T or P): best held by unit {best.layer + 1}.{best.unit}, "
+                   f"balanced accuracy {best.branch:.3f}")

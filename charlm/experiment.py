@@ -50,6 +50,7 @@ class ReberConfig:
     threshold: float = reber.THRESHOLD
     grammar: str = "embedded-reber"
     jobs: int = 0  # worker processes (0: one per core)
+    save_dir: str = ""  # where each run's model is saved as <cell>-<seed>.npz ("": nowhere)
 
     def validate(self) -> None:
         unknown = [c for c in self.cells if c not in CELLS]
@@ -113,6 +114,11 @@ def train_run(cfg: ReberConfig, cell: str, seed: int) -> RunResult:
     final = reber.score_model(model, VOCAB.itos, reber.generate(cfg.final_strings, 3 * seed + 2,
                                                           cfg.grammar),
                               cfg.grammar, cfg.threshold)
+    if cfg.save_dir:  # to look inside afterwards (charlm reber units)
+        from charlm.checkpoint import save_checkpoint
+
+        save_checkpoint(os.path.join(cfg.save_dir, f"{cell}-{seed}.npz"), model, VOCAB.itos,
+                        {"step": cfg.steps, "corpus": f"{cfg.grammar} strings, seed {3 * seed}"})
     return RunResult(cell, seed, model.n_params, solved_at, final.accuracy, final.long_range,
                      float(np.mean(losses[-cfg.eval_every:])), time.perf_counter() - t0, curve)
 

@@ -27,7 +27,8 @@ def index():
 
 @bp.post("/activations")
 def activations():
-    """Each layer's tanh(c) and sigmoid gates at every character of "text", for the cell view."""
+    """Each layer's tanh(c) and sigmoid gates at every character of "text", for the cell view,
+    and "unit_names" when the checkpoint names its units."""
     body = json_body()
     served = current().models.get(get_str(body, "model", None))
     text = get_str(body, "text")
@@ -45,11 +46,13 @@ def activations():
     cell = served.ckpt.config.cell
     layers = layer_activations(served, idx.reshape(1, -1).astype(np.int64))
     values = "tanh_c" if "tanh_c" in layers[0] else "h"
-    return jsonify({"model": served.name, "cell": cell,
-                    "chars": [served.packed.itos[k] for k in idx],
-                    "values": values, "gates": list(CELLS[cell].sigmoid_gates),
-                    "n_layer": len(layers), "n_hidden": served.ckpt.config.n_hidden,
-                    "layers": [{k: rounded(v) for k, v in acts.items()} for acts in layers]})
+    out = {"model": served.name, "cell": cell, "chars": [served.packed.itos[k] for k in idx],
+           "values": values, "gates": list(CELLS[cell].sigmoid_gates),
+           "n_layer": len(layers), "n_hidden": served.ckpt.config.n_hidden,
+           "layers": [{k: rounded(v) for k, v in acts.items()} for acts in layers]}
+    if served.ckpt.unit_names is not None:  # only then: answers without names stay as they were
+        out["unit_names"] = served.ckpt.unit_names
+    return jsonify(out)
 
 
 def max_chars(served: Served) -> int:

@@ -4,6 +4,12 @@
 const $ = (id) => document.getElementById(id);
 const SVGNS = "http://www.w3.org/2000/svg";
 const GATE_COLOURS = { i: "#2d8a4e", f: "#2d5fd3", o: "#c7512c", r: "#8a3fc2", z: "#2d8a8a" };
+// what the cell view can colour by: the unit's value, or one of its gates, named by role
+const VALUE_LABELS = { tanh_c: "tanh(c): the memory", h: "h: the output" };
+const GATE_LABELS = {
+  i: "input gate i: the write filter", f: "forget gate f: the eraser (0 erases)",
+  o: "output gate o: the read filter", r: "reset gate r", z: "update gate z",
+};
 
 const state = {
   info: null,            // GET /info
@@ -271,32 +277,52 @@ async function analyse() {
   for (let l = 0; l < state.acts.n_layer; l++) layer.add(new Option(`layer ${l + 1}`, String(l)));
   layer.value = keep && keep < state.acts.n_layer ? keep : "0";
   $("cell").max = state.acts.n_hidden - 1;
+  const show = $("show");
+  const keepShow = show.value;
+  show.replaceChildren(new Option(VALUE_LABELS[state.acts.values] || state.acts.values,
+    state.acts.values));
+  for (const g of state.acts.gates) show.add(new Option(GATE_LABELS[g] || `gate ${g}`, g));
+  show.value = [state.acts.values, ...state.acts.gates].includes(keepShow) ? keepShow
+    : state.acts.values;
   drawCell();
   drawRanking();
   drawSaturation();
 }
 
-function cellValues(layer, unit) {
-  const v = state.acts.layers[layer][state.acts.values];
+function cellValues(layer, unit, what = state.acts.values) {
+  const v = state.acts.layers[layer][what];
   return v.map((row) => row[unit]);
+}
+
+function unitName(layer, unit) {
+  // the checkpoint's name for the unit (a handmade model names its units), or ""
+  const names = state.acts && state.acts.unit_names;
+  return names && names[layer] ? names[layer][unit] || "" : "";
 }
 
 function drawCell() {
   if (!state.acts) return;
   const layer = parseInt($("layer").value, 10) || 0;
   const unit = Math.min(Math.max(parseInt($("cell").value, 10) || 0, 0), state.acts.n_hidden - 1);
-  const vals = cellValues(layer, unit);
+  const what = $("show").value || state.acts.values;
+  const vals = cellValues(layer, unit, what);
+  const name = unitName(layer, unit);
+  $("cell-name").textContent = name;
   const box = $("cell-text");
   box.replaceChildren();
   state.acts.chars.forEach((ch, t) => {
     const s = document.createElement("span");
     s.textContent = ch;
     const v = vals[t];
+    // values in [-1, 1]: red up, blue down; a gate in [0, 1]: red as it opens
     s.style.background = v >= 0 ? `rgba(220,60,40,${v})` : `rgba(40,100,220,${-v})`;
-    s.title = `${state.acts.values} = ${v.toFixed(3)}`;
+    s.title = `${what} = ${v.toFixed(3)}`;
     box.append(s);
   });
-  box.setAttribute("aria-label", `The text coloured by layer ${layer + 1}, cell ${unit}`);
+  let label = `The text coloured by layer ${layer + 1}, cell ${unit}`;
+  if (name) label += ` (${name})`;
+  if (what !== state.acts.values) label += `, ${GATE_LABELS[what] || `gate ${what}`}`;
+  box.setAttribute("aria-label", label);
 }
 
 function features(chars) {
@@ -360,6 +386,7 @@ function drawRanking() {
       b.type = "button";
       b.className = "plain";
       b.textContent = `${s.l + 1}.${s.u} ${s.r >= 0 ? "+" : "−"}${Math.abs(s.r).toFixed(2)}`;
+      if (unitName(s.l, s.u)) b.title = unitName(s.l, s.u);
       b.setAttribute("aria-label", `layer ${s.l + 1} cell ${s.u}, correlation ${s.r.toFixed(2)}`);
       b.addEventListener("click", () => {
         $("layer").value = String(s.l);
@@ -476,6 +503,7 @@ async function init() {
   $("analyse").addEventListener("click", analyse);
   $("layer").addEventListener("change", drawCell);
   $("cell").addEventListener("input", drawCell);
+  $("show").addEventListener("change", drawCell);
   $("model").addEventListener("change", () => { drawCurve(); refreshNext(); });
   try {
     state.info = await api("/info");
