@@ -160,6 +160,8 @@ def tune(
     warnings.filterwarnings("ignore", category=ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     console = Console(soft_wrap=True)
+    if not console.is_terminal:  # a log or a pipe: the table on one line a trial, not wrapped
+        console = Console(soft_wrap=True, width=200)
     if report_only:
         run_report(cfg, out, console)
     else:

@@ -47,6 +47,8 @@ def best_val(t: FrozenTrial) -> float | None:
 
 def state_text(t: FrozenTrial) -> str:
     if t.state == TrialState.FAIL:
+        if t.user_attrs.get("surplus"):
+            return "not run: the study had its trials"
         if "error" in t.user_attrs:
             return f"failed: {t.user_attrs['error']}"
         return "interrupted (queued again)"

@@ -70,6 +70,14 @@ def next_trial(study: optuna.Study, cfg: TuneConfig, out: Path) -> optuna.Trial 
     host, pid = host_and_pid()
     trial.set_user_attr("host", host)
     trial.set_user_attr("pid", pid)
+    # another machine may have asked at the same moment: the storage numbers trials in order,
+    # so the trials before this one decide whether it is needed
+    before = sum(counted(t) for t in study.get_trials(deepcopy=False) if t.number < trial.number)
+    if before >= cfg.trials:
+        trial.set_user_attr("surplus", True)
+        with quiet():
+            study.tell(trial, state=TrialState.FAIL)
+        return None
     trial.set_user_attr("folder", str(trial_folder(out, study.study_name, trial.number)))
     return trial
 

@@ -170,7 +170,7 @@ def counted(t: FrozenTrial) -> bool:
     running. A trial failed by an interruption does not count: it is queued again."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING):
         return True
-    return t.state == TrialState.FAIL and "error" in t.user_attrs
+    return t.state == TrialState.FAIL and "error" in t.user_attrs  # not "surplus" either
 
 
 def host_and_pid() -> tuple[str, int]:
