@@ -255,3 +255,32 @@ def test_kill_9_mid_trial_then_rerun_resumes(corpus, tmp_path):
     assert trials[0].datetime_complete == done_before.datetime_complete
     assert {p.name: p.read_bytes() for p in first.iterdir()} == snapshot
     assert "interrupted (queued again)" in r.stdout
+
+
+def test_ctrl_c_fails_the_running_trial_and_queues_it_again(corpus, tmp_path):
+    out = tmp_path / "out"
+    args = [str(corpus), "--space", str(corpus.parent / "space.toml"), "--trials", "1",
+            "--minutes-per-trial", "0.12", "--eval-every", "20", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "charlm.cli", "tune", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for((out / "charlm" / "trial-0000" / "metrics.jsonl").exists, 120, "training")
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr),
+                   "interrupted", "run the same command")
+    assert "trial 0 interrupted: failed, queued again" in stdout
+    assert not processes_mentioning(str(out / "charlm" / "trial-0000"))
+    trials = load(out).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[1].user_attrs["retry_of"] == 0 and trials[0].user_attrs["interrupted"]
+    r = tune(*args)
+    assert r.returncode == 0, r.stderr
+    assert "trial 1 started (again, for 0)" in r.stdout
+    trials = load(out).trials
+    assert trials[1].state == TrialState.COMPLETE and trials[1].params == trials[0].params
+    assert len(trials) == 2

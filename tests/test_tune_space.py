@@ -161,3 +161,39 @@ def test_every_option_is_a_train_option():
     from charlm.cli import train
 
     assert set(OPTIONS) <= set(inspect.signature(train).parameters)
+
+
+def pruned_at(study: optuna.Study, reports: dict[int, float]) -> int | None:
+    """The first step at which the study's pruner stops a trial reporting these losses."""
+    trial = study.ask()
+    for step, value in reports.items():
+        trial.report(value, step)
+        if trial.should_prune():
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return step
+    study.tell(trial, min(reports.values()))
+    return None
+
+
+def test_the_median_pruner_spares_the_first_tenths_and_the_first_trials():
+    from charlm.tune.study import make_pruner
+
+    with quiet():
+        study = optuna.create_study(pruner=make_pruner(TuneConfig()))
+    worse = {k: 3.0 for k in range(1, 11)}
+    for i in range(3):
+        assert pruned_at(study, {k: 2.0 + i / 10 for k in range(1, 11)}) is None
+    assert pruned_at(study, worse) is None  # three finished trials are too few to judge by
+    # the median of the four finished ones at each tenth is 2.15 (2.0, 2.1, 2.2, 3.0)
+    assert pruned_at(study, worse) == 3  # not in the first two tenths
+    assert pruned_at(study, {k: 2.1 for k in range(1, 11)}) is None  # better than the median
+    # five finished now (2.0, 2.1, 2.1, 2.2, 3.0): the median fell to 2.1, so 2.14 is pruned
+    assert pruned_at(study, {1: 2.5, 2: 2.4, 3: 2.14, 4: 2.13}) == 3
+    assert pruned_at(study, {1: 2.5, 2: 2.4, 3: 2.09, 4: 2.09}) is None
+
+
+def test_the_other_pruners():
+    from charlm.tune.study import make_pruner
+
+    assert isinstance(make_pruner(TuneConfig(pruner="none")), optuna.pruners.NopPruner)
+    assert isinstance(make_pruner(TuneConfig(pruner="hyperband")), optuna.pruners.HyperbandPruner)

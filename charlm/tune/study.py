@@ -151,13 +151,14 @@ def make_sampler(cfg: TuneConfig, existing: optuna.Study | None,
 def make_pruner(cfg: TuneConfig) -> optuna.pruners.BasePruner:
     """Trials report their best validation loss at each tenth of their budget (steps 1..10).
 
-    median (the default): from the fourth tenth on, stop a trial whose best loss so far is worse
+    median (the default): from the third tenth on, stop a trial whose best loss so far is worse
     than the median of the finished trials' at the same tenth, once 4 trials have finished. A
     study of tens of trials with equal budgets is where the median rule works well; the warm-up
     spares the high learning rates and long windows that start slow and finish first.
     hyperband: successive halving over the ten tenths, for studies of hundreds of trials.
     """
     if cfg.pruner == "median":
+        # optuna judges from step n_warmup_steps on: tenths 1 and 2 are never judged
         return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3)
     if cfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=10,
