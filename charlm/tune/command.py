@@ -162,7 +162,14 @@ def tune(
     console = Console(soft_wrap=True)
     if not console.is_terminal:  # a log or a pipe: the table on one line a trial, not wrapped
         console = Console(soft_wrap=True, width=200)
-    if report_only:
-        run_report(cfg, out, console)
-    else:
-        run_tune(corpus, space, cfg, out, console)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        if report_only:
+            run_report(cfg, out, console)
+        else:
+            run_tune(corpus, space, cfg, out, console)
+    except SQLAlchemyError as e:  # the database went away, or refused a write, mid-study
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise CharlmError(f"the study's storage failed: {reason}; run the same command again "
+                          "to resume") from None
