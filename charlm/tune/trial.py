@@ -178,7 +178,10 @@ def run_trial(trial: optuna.Trial, params: dict[str, Any], corpus: str, cfg: Tun
             metrics.read(tenths)
             now = time.monotonic()
             done = code is not None
-            for k, best in tenths.due(1.0 if done else metrics.progress(metrics.step, now)):
+            # the last tenth is reported when the trial ends, with its final evaluation: on a
+            # time budget the clock reaches it first, and a trial judged then loses its result
+            now_p = 1.0 if done else min(metrics.progress(metrics.step, now), 0.99)
+            for k, best in tenths.due(now_p):
                 trial.report(best, k)
                 if not done and trial.should_prune():
                     pruned = True
