@@ -27,6 +27,7 @@ from charlm.terminal import (
     print_sample,
 )
 from charlm.train import TrainConfig
+from charlm.tune.command import tune
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="A character-level LSTM language model: train, sample, serve.")
@@ -34,6 +35,7 @@ app.add_typer(corpus_app, name="corpus")
 app.add_typer(bench_app, name="bench")
 app.add_typer(experiment_app, name="experiment")
 app.add_typer(reber_app, name="reber")
+app.command("tune")(tune)  # charlm/tune/command.py
 
 
 # ---------------------------------------------------------------------------------------------
