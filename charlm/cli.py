@@ -26,10 +26,14 @@ from charlm.terminal import (
     friendly,
     is_checkpoint,
     print_sample,
+    service_module,
 )
 from charlm.train import TrainConfig
 
+# rich_markup_mode=None: click's plain help, whose text reflows to the terminal's width in one
+# wide column (rich's tables squeeze it beside the option names at 80 columns)
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="A character-level LSTM language model: train, sample, serve.")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(bench_app, name="bench")
@@ -81,12 +85,16 @@ def train(
                         ] = TrainConfig.val_frac,
     eval_every: Annotated[int, typer.Option(min=1, help="Steps between evaluations.")
                           ] = TrainConfig.eval_every,
-    max_steps: Annotated[int, typer.Option(min=0, help="Stop after this many steps.")
-                         ] = TrainConfig.max_steps,
-    max_epochs: Annotated[float, typer.Option(min=0.0, help="Stop after this many epochs.")
-                          ] = TrainConfig.max_epochs,
+    max_steps: Annotated[int, typer.Option(
+        min=0, show_default="no limit", help="Stop after this many steps (0: no limit).")
+    ] = TrainConfig.max_steps,
+    max_epochs: Annotated[float, typer.Option(
+        min=0.0, show_default="no limit",
+        help="Stop after this many passes over the text (0: no limit).")
+    ] = TrainConfig.max_epochs,
     max_minutes: Annotated[float, typer.Option(
-        min=0.0, help="Wall-clock budget in minutes (10 when no --max-* is given).")
+        min=0.0, show_default="no limit",
+        help="Stop after this many minutes (0: no limit). With no --max-* at all, 10.")
     ] = TrainConfig.max_minutes,
     seed: Annotated[int, typer.Option(help="Seed for weights, dropout and sampling.")
                     ] = TrainConfig.seed,
@@ -326,7 +334,7 @@ def serve(
     checkpoints: Annotated[Path, typer.Argument(
         help="A directory of .npz checkpoints, or one checkpoint file.")] = Path("checkpoints"),
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="gunicorn worker processes.")] = 1,
     api_key: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Require 'Authorization: Bearer KEY' on generation routes.")] = None,
@@ -336,12 +344,7 @@ def serve(
                    ] = False,
 ) -> None:
     """Serve checkpoints over HTTP (gunicorn with service/gunicorn.conf.py)."""
-    import importlib
-    import importlib.util
-
-    # installed, the service is charlm_service; a checkout that is not installed has service/
-    name = "charlm_service" if importlib.util.find_spec("charlm_service") else "service"
-    run_serve = importlib.import_module(f"{name}.launch").run_serve
+    run_serve = service_module("launch").run_serve
 
     run_serve(checkpoints, host=host, port=port, workers=workers, api_key=api_key,
               cors_origins=cors_origins, dev=dev)

@@ -1,11 +1,14 @@
 """What the command line is built from: typed choices, one-line errors, and printed samples."""
 
 import functools
+import importlib
+import importlib.util
 import sys
 from collections.abc import Iterable
 from dataclasses import fields
 from enum import Enum
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, TextIO
 
 import typer
@@ -63,6 +66,13 @@ def friendly(fn):
             raise fail("interrupted") from None
 
     return wrapper
+
+
+def service_module(name: str) -> ModuleType:
+    """A module of the HTTP service: installed, the package is charlm_service; in a checkout
+    that is not installed, the folder service/ (the library itself never imports either)."""
+    package = "charlm_service" if importlib.util.find_spec("charlm_service") else "service"
+    return importlib.import_module(f"{package}.{name}")
 
 
 def checkpoint_for(path: Path | None) -> Path:
