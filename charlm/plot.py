@@ -127,7 +127,7 @@ def plot_runs(runs: list[Run], out: Path, title: str | None = None) -> list[str]
         if not run.timed:
             notes.append(f"{run.source} records no times: left out of the minutes panel")
     by_step.set_xlabel("step")
-    by_time.set_xlabel("minutes of training")
+    by_time.set_xlabel("minutes since training started")
     by_step.set_ylabel("loss (nats/char)")
     for ax in (by_step, by_time):
         ax.grid(True, alpha=0.3)

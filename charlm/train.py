@@ -396,12 +396,13 @@ class Trainer:
             # just evaluated and saved at this very step
             return Event("done", self.step, self.step, val_loss=self.val_history[-1][
                 "val_loss"], message=str(self.out / "latest.npz"))
+        reached = self._clock()  # the loss is the model's at this time, however long it takes
         val = self.evaluate()
         self.elapsed = self._clock()
         if math.isfinite(val):
             self._record(self.val_history, {"step": self.step, "val_loss": val,
                                             "val_bpc": val / LN2,
-                                            "time_s": round(self.elapsed, 3)})
+                                            "time_s": round(reached, 3)})
         if math.isfinite(val) and val < self.best_val_loss:
             self.best_val_loss = val
             self.save("best")

@@ -61,7 +61,7 @@ def test_svg_has_each_runs_lines_in_both_panels(tmp_path):
             assert vertices(groups[f"run{i}-train-{axis}"]) == n_train
             assert vertices(groups[f"run{i}-val-{axis}"]) == n_val
     text = "".join(root.itertext())
-    assert "a val" in text and "b train" in text and "minutes of training" in text
+    assert "a val" in text and "b train" in text and "minutes since training started" in text
 
 
 def test_png_is_a_png_of_the_figure_size_with_a_colour_per_run(tmp_path):
