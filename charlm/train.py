@@ -257,8 +257,13 @@ class Trainer:
         self.best_val_loss = float(meta.get("best_val_loss") or "inf")
         self.progress = float(meta.get("progress", 0.0))
         self.loss_window = list(meta.get("loss_window", [0.0, 0]))
-        self.elapsed = float(meta.get("elapsed_s", 0.0))
-        self.init_from = meta.get("init_from")
+        elapsed, self.init_from = meta.get("elapsed_s", 0.0), meta.get("init_from")
+        if (not isinstance(elapsed, (int, float)) or isinstance(elapsed, bool)
+                or not 0 <= elapsed < math.inf):
+            raise CharlmError(f"the checkpoint has bad metadata (elapsed_s is {elapsed!r})")
+        if not isinstance(self.init_from, (dict, type(None))):
+            raise CharlmError("the checkpoint has bad metadata (init_from is not an object)")
+        self.elapsed = float(elapsed)
         self.transplant = None
 
     def save(self, name: str) -> Path:

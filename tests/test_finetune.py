@@ -135,3 +135,22 @@ def test_cli_init_from_a_missing_checkpoint(tmp_path):
     r = CliRunner().invoke(app, ["train", str(tmp_path / "new.txt"), "--init-from",
                                  str(tmp_path / "nope.npz"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 1 and "nope.npz does not exist" in r.output, r.output
+
+
+@pytest.mark.parametrize("key, value, pattern", [
+    ("elapsed_s", "soon", r"bad metadata \(elapsed_s is 'soon'\)"),
+    ("elapsed_s", -1, r"bad metadata \(elapsed_s is -1\)"),
+    ("init_from", [1], r"bad metadata \(init_from is not an object\)"),
+])
+def test_resume_refuses_bad_run_metadata(tmp_path, key, value, pattern):
+    (tmp_path / "new.txt").write_text(NEW_TEXT, encoding="utf-8")
+    r = CliRunner().invoke(app, ["train", str(tmp_path / "new.txt"), *TINY, "--n-hidden", "8",
+                                 "--max-steps", "2", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    ck = load_checkpoint(tmp_path / "a" / "latest.npz")
+    save_checkpoint(tmp_path / "bad.npz", ck.model(), ck.vocab, {**ck.meta, key: value},
+                    ck.opt_state)
+    r = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "bad.npz"), "--max-steps",
+                                 "3", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 1 and re.search(pattern, r.output), r.output
+    assert "Traceback" not in r.output
