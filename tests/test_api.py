@@ -36,6 +36,12 @@ def test_import_is_lazy():
                              text=True, check=True).stdout
         assert out.strip() == want
     assert {"train", "load", "Model"} <= set(dir(charlm))
+    # the submodule charlm/train.py, imported first, does not take the function's name
+    code = ("from charlm.train import Trainer; import charlm, sys; import charlm.train; "
+            "print(charlm.train.__module__, sys.modules['charlm.train'].Trainer is Trainer)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["charlm.api", "True"]
     with pytest.raises(AttributeError):
         charlm.no_such_thing  # noqa: B018
 
