@@ -174,8 +174,6 @@ def train(corpus: str | Path | None = None, *, out: str | Path = "checkpoints",
         near = difflib.get_close_matches(unknown[0], MODEL_OPTIONS + TRAIN_OPTIONS, 1)
         raise TypeError(f"train() got an unexpected option {unknown[0]!r}"
                         + (f"; did you mean {near[0]!r}?" if near else ""))
-    from rich.console import Console
-
     from charlm.checkpoint import load_checkpoint
     from charlm.run import run_training
 
@@ -183,7 +181,7 @@ def train(corpus: str | Path | None = None, *, out: str | Path = "checkpoints",
     model_cfg = ModelConfig(**{k: v for k, v in options.items() if k in MODEL_OPTIONS})
     cfg = TrainConfig(**{k: v for k, v in options.items() if k in TRAIN_OPTIONS})
     cfg.validate()
-    console = Console(stderr=True, quiet=not progress)
+    console = progress_console(progress)
     trainer = run_training(None if corpus is None else str(corpus), model_cfg, cfg, Path(out),
                            None if resume is None else Path(resume), encoding_errors,
                            console=console, given=set(options),
@@ -192,6 +190,19 @@ def train(corpus: str | Path | None = None, *, out: str | Path = "checkpoints",
     path = best if best.is_file() else trainer.out / "latest.npz"
     ck = load_checkpoint(path)
     return Model(ck.model(), ck.vocab, ck.meta, path)
+
+
+def progress_console(progress: bool = True):
+    """Where training reports: stderr in a terminal; in a notebook, rich's live display, which
+    needs ipywidgets; without it, plain lines (rich would only warn and draw nothing)."""
+    import importlib.util
+
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=not progress)
+    if console.is_jupyter and importlib.util.find_spec("ipywidgets") is None:
+        console = Console(stderr=True, quiet=not progress, force_jupyter=False)
+    return console
 
 
 def _check_types(options: dict) -> None:

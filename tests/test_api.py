@@ -162,3 +162,27 @@ def test_bad_sampling_settings_fail_before_any_text(trained):
         model.sample("line ", length=5, seed=1)
     with pytest.raises(charlm.CharlmError, match="fewer than 2 characters"):
         model.evaluate("\u2603\u2603")
+
+
+class ZMQInteractiveShell:
+    """What get_ipython() returns in a Jupyter kernel: rich takes the process for a notebook."""
+
+
+def test_progress_in_a_notebook_without_ipywidgets(trained, tmp_path, monkeypatch, capsys):
+    import builtins
+    import importlib.util
+
+    from rich.console import Console
+
+    monkeypatch.setattr(builtins, "get_ipython", ZMQInteractiveShell, raising=False)
+    assert Console().is_jupyter
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "ipywidgets" else real(name, *a))
+    from charlm.api import progress_console
+
+    assert not progress_console().is_jupyter and progress_console(False).quiet
+    # training reports in plain lines, with no warning (warnings are errors in this suite)
+    charlm.train(trained[2], **TINY, max_steps=4, eval_every=2, out=tmp_path / "nb")
+    err = capsys.readouterr().err
+    assert "step 2: val loss" in err and "trained 4 steps" in err
