@@ -186,3 +186,29 @@ def test_progress_in_a_notebook_without_ipywidgets(trained, tmp_path, monkeypatc
     charlm.train(trained[2], **TINY, max_steps=4, eval_every=2, out=tmp_path / "nb")
     err = capsys.readouterr().err
     assert "step 2: val loss" in err and "trained 4 steps" in err
+
+
+def test_an_interrupt_returns_the_model_trained_so_far(trained, tmp_path):
+    import signal
+    import time
+
+    code = ("import charlm, sys\n"
+            "m = charlm.train(sys.argv[1], n_hidden=16, n_embd=8, batch_size=4, seq_len=16, "
+            "max_minutes=5, eval_every=1000000, out=sys.argv[2], progress=False)\n"
+            "print('returned', m.info.step, m.info.path.name)\n")
+    out = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-c", code, str(trained[2]), str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").is_file():  # the first train record: it is training
+            assert child.poll() is None and time.monotonic() < deadline, child.stderr.read()
+            time.sleep(0.1)
+        child.send_signal(signal.SIGINT)
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 0, stderr
+    word, step, name = stdout.split()
+    assert word == "returned" and 10 <= int(step) < 100_000 and name == "best.npz"
+    assert load_checkpoint(out / "latest.npz").meta["step"] == int(step)
