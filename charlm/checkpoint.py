@@ -6,6 +6,7 @@ untrusted file cannot run code. Writes are atomic: a crash leaves the previous c
 """
 
 import copy
+import itertools
 import json
 from dataclasses import MISSING, dataclass, fields
 from datetime import datetime, timezone
@@ -25,6 +26,7 @@ META = "__meta__"
 # with (stated here: ModelConfig's default may change, what old models were made with cannot)
 ADDED_CONFIG = {"forget_bias": 1.0}
 LATEST, BEST = "latest.npz", "best.npz"  # the trainer's two checkpoints in its output directory
+DEFAULT = "default.npz"  # the model a checkout ships, used when no trained one is found
 
 # what the trainer records; a key it leaves out is saved with this default
 TRAIN_META = {
@@ -62,6 +64,7 @@ class Checkpoint:
     meta: dict  # all the metadata: format, config, vocab, TRAIN_META keys, charlm_version, created
     opt_state: dict[str, np.ndarray]  # empty when saved without an optimizer
     sha256: str = ""  # of the file's bytes, as read
+    path: Path | None = None  # the file it was read from
 
     def model(self) -> CharLSTM:
         return CharLSTM(self.config, theta=self.theta)
@@ -116,6 +119,7 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     except _ContentError as e:
         raise CharlmError(f"{path} {e}") from None
     ckpt.sha256 = sha256
+    ckpt.path = path
     return ckpt
 
 
@@ -136,6 +140,29 @@ def find_checkpoint(path_or_dir: Path | str) -> Path:
     if not p.exists():
         raise CharlmError(f"{p} does not exist")
     return p
+
+
+def default_checkpoint(directory: Path | str = "checkpoints") -> Path:
+    """The model to use when none is named: the newest one trained in directory, else its
+    default.npz (the model a checkout ships).
+
+    A run is the directory itself or a folder in it (its best.npz, else latest.npz, as
+    `charlm train --out` writes them); any other *.npz in it counts too (an export). Where
+    there is no checkpoint at all, the CharlmError says what to run.
+    """
+    d = Path(directory)
+    if d.is_dir():
+        found = [p for p in d.glob("*.npz") if p.name not in (BEST, LATEST, DEFAULT)]
+        # a checkpoints folder holds a handful of runs; a huge one is not worth walking
+        for run in [d, *itertools.islice((p for p in d.iterdir() if p.is_dir()), 1000)]:
+            found += [run / name for name in (BEST, LATEST) if (run / name).is_file()][:1]
+        found = [p for p in found if p.is_file()]
+        if found:
+            return max(found, key=lambda p: p.stat().st_mtime)
+        if (d / DEFAULT).is_file():
+            return d / DEFAULT
+    raise CharlmError(f"no checkpoint in {d}: train one with `charlm train` (it writes "
+                      f"{d / BEST}), or name a checkpoint file")
 
 
 def _read(path: Path) -> tuple[dict[str, np.ndarray], str]:

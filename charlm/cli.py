@@ -1,5 +1,5 @@
-"""The `charlm` command line: train, eval, info, export, sample, serve, and the groups of
-cli_groups (corpus, bench, experiment, reber)."""
+"""The `charlm` command line: train, eval, info, export, plot, sample, serve, tune, and the
+groups of cli_groups (corpus, bench, experiment, reber)."""
 
 import inspect
 import sys
@@ -21,15 +21,21 @@ from charlm.terminal import (
     Grammar,
     LrDecay,
     Optimizer,
+    checkpoint_for,
     config,
     distribution_table,
     friendly,
+    is_checkpoint,
     print_sample,
+    service_module,
 )
 from charlm.train import TrainConfig
 from charlm.tune.command import tune
 
+# rich_markup_mode=None: click's plain help, whose text reflows to the terminal's width in one
+# wide column (rich's tables squeeze it beside the option names at 80 columns)
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
                   help="A character-level LSTM language model: train, sample, serve.")
 app.add_typer(corpus_app, name="corpus")
 app.add_typer(bench_app, name="bench")
@@ -83,12 +89,16 @@ def train(
                         ] = TrainConfig.val_frac,
     eval_every: Annotated[int, typer.Option(min=1, help="Steps between evaluations.")
                           ] = TrainConfig.eval_every,
-    max_steps: Annotated[int, typer.Option(min=0, help="Stop after this many steps.")
-                         ] = TrainConfig.max_steps,
-    max_epochs: Annotated[float, typer.Option(min=0.0, help="Stop after this many epochs.")
-                          ] = TrainConfig.max_epochs,
+    max_steps: Annotated[int, typer.Option(
+        min=0, show_default="no limit", help="Stop after this many steps (0: no limit).")
+    ] = TrainConfig.max_steps,
+    max_epochs: Annotated[float, typer.Option(
+        min=0.0, show_default="no limit",
+        help="Stop after this many passes over the text (0: no limit).")
+    ] = TrainConfig.max_epochs,
     max_minutes: Annotated[float, typer.Option(
-        min=0.0, help="Wall-clock budget in minutes (10 when no --max-* is given).")
+        min=0.0, show_default="no limit",
+        help="Stop after this many minutes (0: no limit). With no --max-* at all, 10.")
     ] = TrainConfig.max_minutes,
     seed: Annotated[int, typer.Option(help="Seed for weights, dropout and sampling.")
                     ] = TrainConfig.seed,
@@ -96,6 +106,9 @@ def train(
                    ] = Path("checkpoints"),
     resume: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="Continue from this checkpoint (weights, optimizer, data position, RNG).")] = None,
+    init_from: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Fine-tune: start from this trained model's weights and shape, with a fresh "
+             "optimizer and schedule (a file, or a directory's best.npz).")] = None,
     encoding_errors: Annotated[EncodingErrors, typer.Option(
         help="strict: invalid UTF-8 is an error; replace: use U+FFFD and go on.")
     ] = "strict",
@@ -112,13 +125,16 @@ def train(
     # on --resume, options left at their defaults take the checkpoint's values
     given = {name for name in ctx.params
              if getattr(ctx.get_parameter_source(name), "name", "") != "DEFAULT"}
-    run_training(corpus, model_cfg, cfg, out, resume, encoding_errors.value, given=given)
+    run_training(corpus, model_cfg, cfg, out, resume, encoding_errors.value, given=given,
+                 init_from=init_from)
 
 
 @app.command("eval")
 @friendly
 def eval_(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or directory.")],
+    checkpoint: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
+        help="A checkpoint file or directory; left out: the newest model in checkpoints/, "
+             "else checkpoints/default.npz.", show_default=False)] = None,
     file: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
         help="A UTF-8 text file to score (optional with --grammar).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams.")
@@ -137,10 +153,15 @@ def eval_(
     seed: Annotated[int, typer.Option(help="Seed of the --grammar strings.")] = 12345,
 ) -> None:
     """Loss of a model on a text, in nats/char and bits/char (unknown characters are skipped);
-    with --grammar, how well it predicts a Reber grammar."""
-    from charlm.checkpoint import find_checkpoint, load_checkpoint
+    with --grammar, how well it predicts a Reber grammar.
 
-    ck = load_checkpoint(find_checkpoint(checkpoint))
+    `charlm eval FILE` scores FILE with the default model.
+    """
+    from charlm.checkpoint import load_checkpoint
+
+    if file is None and checkpoint is not None and not is_checkpoint(checkpoint):
+        checkpoint, file = None, checkpoint  # one argument, a text: score it
+    ck = load_checkpoint(checkpoint_for(checkpoint))
     if file is None and grammar is None:
         raise CharlmError("give a FILE to score, or --grammar")
     if grammar is not None:
@@ -174,14 +195,15 @@ def eval_(
 @app.command()
 @friendly
 def info(
-    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint file or directory.")
-                          ] = Path("checkpoints"),
+    checkpoint: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
+        help="A checkpoint file or directory; left out: the newest model in checkpoints/, "
+             "else checkpoints/default.npz.", show_default=False)] = None,
 ) -> None:
     """Config, parameter count, vocabulary, steps, best val loss and loss history of a model."""
-    from charlm.checkpoint import find_checkpoint, load_checkpoint
+    from charlm.checkpoint import load_checkpoint
     from charlm.train import LN2
 
-    path = find_checkpoint(checkpoint)
+    path = checkpoint_for(checkpoint)
     ck = load_checkpoint(path)
     meta, cfg = ck.meta, ck.config
     best = meta.get("best_val_loss")
@@ -239,6 +261,35 @@ def export(
     typer.echo(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
 
 
+@app.command()
+@friendly
+def plot(
+    runs: Annotated[list[Path], typer.Argument(
+        help="Training runs: an --out directory (its metrics.jsonl), a metrics.jsonl, or a "
+             "checkpoint (its recorded history).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The picture: .png or .svg.")
+                   ] = Path("curves.png"),
+    label: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        help="A run's name in the legend, one per run in order (default: its folder's).")
+    ] = None,
+    title: Annotated[Optional[str], typer.Option(help="A title above the plots.")  # noqa: UP045
+                     ] = None,
+) -> None:
+    """Plot train and validation loss against steps and minutes, one colour per run."""
+    from charlm.plot import plot_runs, read_run
+
+    if label and len(label) != len(runs):
+        raise CharlmError(f"{len(label)} --label for {len(runs)} runs: give one per run")
+    read = [read_run(r, label[i] if label else None) for i, r in enumerate(runs)]
+    names = [r.label for r in read]
+    for r, given in zip(read, runs, strict=True):
+        if not label and names.count(r.label) > 1:  # two folders of one name: their paths
+            r.label = str(given)
+    for note in plot_runs(read, out, title):
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"{out}: {len(read)} run{'s' if len(read) > 1 else ''}")
+
+
 # ---------------------------------------------------------------------------------------------
 # sample and serve
 
@@ -246,9 +297,10 @@ def export(
 @app.command()
 @friendly
 def sample(
-    checkpoint: Annotated[Path, typer.Argument(
-        help="A checkpoint file, or a directory (its best.npz, else latest.npz).")
-    ] = Path("checkpoints"),
+    checkpoint: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
+        help="A checkpoint file, or a directory (its best.npz, else latest.npz); left out: "
+             "the newest model in checkpoints/, else checkpoints/default.npz.",
+        show_default=False)] = None,
     prompt: Annotated[str, typer.Option(help="Text to start from (empty: the zero state).")
                       ] = "",
     length: Annotated[int, typer.Option(min=0, help="Characters to generate at most.")
@@ -271,12 +323,12 @@ def sample(
     top_n: Annotated[int, typer.Option(min=1, help="Rows of --distribution.")] = 20,
 ) -> None:
     """Generate text from a trained model, printed as it is drawn."""
-    from charlm.checkpoint import find_checkpoint, load_checkpoint
+    from charlm.checkpoint import load_checkpoint
     from charlm.generate import Generator
 
     settings = SampleSettings(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                               max_new_chars=length, stop=tuple(stop or ()))
-    ck = load_checkpoint(find_checkpoint(checkpoint))
+    ck = load_checkpoint(checkpoint_for(checkpoint))
     from charlm.warmup import warmup
 
     warmup(train=False, forward=False)  # before the first character, not in its middle
@@ -296,7 +348,7 @@ def serve(
     checkpoints: Annotated[Path, typer.Argument(
         help="A directory of .npz checkpoints, or one checkpoint file.")] = Path("checkpoints"),
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="gunicorn worker processes.")] = 1,
     api_key: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Require 'Authorization: Bearer KEY' on generation routes.")] = None,
@@ -306,7 +358,7 @@ def serve(
                    ] = False,
 ) -> None:
     """Serve checkpoints over HTTP (gunicorn with service/gunicorn.conf.py)."""
-    from service.launch import run_serve
+    run_serve = service_module("launch").run_serve
 
     run_serve(checkpoints, host=host, port=port, workers=workers, api_key=api_key,
               cors_origins=cors_origins, dev=dev)

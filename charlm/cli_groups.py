@@ -12,7 +12,7 @@ from charlm.bench import train as train_bench
 from charlm.errors import CharlmError
 from charlm.experiment import ReberConfig
 from charlm.model import CELLS
-from charlm.terminal import CELL_NAMES, Grammar, config, friendly
+from charlm.terminal import CELL_NAMES, Grammar, config, friendly, service_module
 
 corpus_app = typer.Typer(no_args_is_help=True, help="Named corpora: list, fetch, reber.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks against an optional torch peer.")
@@ -92,8 +92,9 @@ def corpus_reber(
 def bench_train(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     profile: Annotated[bool, typer.Option(help="Also print where charlm's time goes.")] = False,
-    batch: Annotated[int, typer.Option(min=1)] = train_bench.BATCH,
-    seq_len: Annotated[int, typer.Option(min=1)] = train_bench.SEQ_LEN,
+    batch: Annotated[int, typer.Option(min=1, help="Streams per step.")] = train_bench.BATCH,
+    seq_len: Annotated[int, typer.Option(min=1, help="Characters per window.")
+                       ] = train_bench.SEQ_LEN,
     rounds: Annotated[int, typer.Option(min=1, help="Interleaved measurement rounds.")
                       ] = train_bench.ROUNDS,
     cells: Annotated[str, typer.Option(help="Comma-separated cells to time.")] = ",".join(CELLS),
@@ -121,11 +122,10 @@ def bench_serve(
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     checkpoint: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="Checkpoint to serve (default: checkpoints/default.npz).")] = None,
-    workers: Annotated[int, typer.Option(min=1)] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="gunicorn worker processes.")] = 1,
 ) -> None:
     """Time to first character and chars/s of gunicorn on loopback at 1, 8 and 32 streams."""
-    from service.bench import run_serve_bench
-
+    run_serve_bench = service_module("bench").run_serve_bench
     run_serve_bench(json_out=json_out, checkpoint=checkpoint, workers=workers)
 
 
@@ -152,11 +152,15 @@ def experiment_reber(
                      ] = ReberConfig.seeds,
     steps: Annotated[int, typer.Option(min=1, help="Training steps of every run.")
                      ] = ReberConfig.steps,
-    n_hidden: Annotated[int, typer.Option(min=1)] = ReberConfig.n_hidden,
-    n_layer: Annotated[int, typer.Option(min=1)] = ReberConfig.n_layer,
-    n_embd: Annotated[int, typer.Option(min=1)] = ReberConfig.n_embd,
-    batch_size: Annotated[int, typer.Option(min=1)] = ReberConfig.batch_size,
-    seq_len: Annotated[int, typer.Option(min=1)] = ReberConfig.seq_len,
+    n_hidden: Annotated[int, typer.Option(min=1, help="Units per layer.")
+                        ] = ReberConfig.n_hidden,
+    n_layer: Annotated[int, typer.Option(min=1, help="Stacked layers.")] = ReberConfig.n_layer,
+    n_embd: Annotated[int, typer.Option(min=1, help="Size of the symbol embedding.")
+                      ] = ReberConfig.n_embd,
+    batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams.")
+                          ] = ReberConfig.batch_size,
+    seq_len: Annotated[int, typer.Option(min=1, help="Characters per window.")
+                       ] = ReberConfig.seq_len,
     lr: Annotated[float, typer.Option(help="Adam's learning rate, constant.")] = ReberConfig.lr,
     eval_every: Annotated[int, typer.Option(min=1, help="Steps between held-out checks.")
                           ] = ReberConfig.eval_every,

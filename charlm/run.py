@@ -10,34 +10,53 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from charlm import checkpoint as ckpt
 from charlm.corpora import resolve_corpus
 from charlm.data import load_corpus
+from charlm.errors import CharlmError
 from charlm.model import ModelConfig
 from charlm.train import LN2, StopFlag, TrainConfig, Trainer, resume_options
 
 
 def run_training(corpus: str | None, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
                  resume: Path | None, encoding_errors: str = "strict",
-                 console: Console | None = None, given: set[str] | None = None) -> Trainer:
+                 console: Console | None = None, given: set[str] | None = None,
+                 init_from: Path | None = None) -> Trainer:
     """Train from the command line's arguments; returns the finished trainer.
 
     When resuming, the training options not in `given` (the ones the user typed) and the
-    corpus, if none is named, come from the checkpoint (train.resume_options).
+    corpus, if none is named, come from the checkpoint (train.resume_options). With
+    init_from, the model's shape and weights come from that checkpoint (finetune.py).
     """
     console = console or Console(stderr=True)
+    if resume is not None and init_from is not None:
+        raise CharlmError("--resume continues a run and --init-from starts one: give one")
     previous = ckpt.load_checkpoint(resume) if resume is not None else None
     if previous is not None:
         cfg, corpus = resume_options(cfg, given or (), previous, corpus)
+    base = None
+    if init_from is not None:
+        from charlm.finetune import finetune_config
+
+        base = ckpt.load_checkpoint(ckpt.find_checkpoint(init_from))
+        model_cfg = finetune_config(base, model_cfg, given or ())
     path = resolve_corpus(corpus)
     data = load_corpus(path, val_frac=cfg.val_frac, encoding_errors=encoding_errors)
     if data.val_dropped:
         console.print(f"note: {data.val_dropped:,} validation characters are not in the "
                       "training text's vocabulary and are left out of the validation loss")
-    trainer = Trainer(data, model_cfg, cfg, out, resume=previous)
+    trainer = Trainer(data, model_cfg, cfg, out, resume=previous, init_from=base)
     m = trainer.model.config
     console.print(f"corpus {path} ({len(data.train):,} train / {len(data.val):,} val chars, "
                   f"{data.vocab.vocab_size} symbols)\n"
                   f"model {m.n_layer}x{m.n_hidden} {m.cell.upper()}, "
                   f"embedding {m.n_embd}, dropout {m.dropout}: {trainer.model.n_params:,} "
-                  f"parameters" + (f"\nresuming at step {trainer.step}" if previous else ""))
+                  f"parameters" + (f"\nresuming at step {trainer.step}" if previous else ""),
+                  highlight=False)
+    if trainer.transplant is not None:
+        t = trainer.transplant
+        console.print(f"fine-tuning from {base.path} (step {base.meta['step']:,}"
+                      f"{', ' + base.meta['corpus'] if base.meta.get('corpus') else ''}): "
+                      f"{t.known} characters keep their weights, {len(t.new)} new ones start "
+                      f"fresh" + (f", {len(t.dropped)} the text lacks are dropped"
+                                  if t.dropped else ""), highlight=False, markup=False)
     from charlm.warmup import warmup
 
     warmup((m.cell,), (m.dtype,))

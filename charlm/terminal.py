@@ -1,10 +1,14 @@
 """What the command line is built from: typed choices, one-line errors, and printed samples."""
 
 import functools
+import importlib
+import importlib.util
 import sys
 from collections.abc import Iterable
 from dataclasses import fields
 from enum import Enum
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, TextIO
 
 import typer
@@ -63,6 +67,38 @@ def friendly(fn):
             raise fail("interrupted") from None
 
     return wrapper
+
+
+def service_module(name: str) -> ModuleType:
+    """A module of the HTTP service: installed, the package is charlm_service; in a checkout
+    that is not installed, the folder service/ (the library itself never imports either)."""
+    package = "charlm_service" if importlib.util.find_spec("charlm_service") else "service"
+    return importlib.import_module(f"{package}.{name}")
+
+
+def checkpoint_for(path: Path | None) -> Path:
+    """The checkpoint file a command runs on: path, a directory's best.npz (else latest.npz),
+    or with no path the one checkpoint.default_checkpoint picks, named on stderr."""
+    from charlm.checkpoint import BEST, LATEST, default_checkpoint, find_checkpoint
+
+    if path is None:
+        found = default_checkpoint()
+        typer.echo(f"using {found} (name a checkpoint to choose another)", err=True)
+        return found
+    if path.is_dir() and not any((path / n).is_file() for n in (BEST, LATEST)):
+        return default_checkpoint(path)  # its runs and exports, or the error saying what to do
+    return find_checkpoint(path)
+
+
+def is_checkpoint(path: Path) -> bool:
+    """Whether path is a directory or an npz archive (a text file to score is neither)."""
+    if path.is_dir():
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return path.suffix == ".npz"  # a missing file: its name says what it was meant to be
 
 
 def visible(ch: str) -> str:

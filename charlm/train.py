@@ -184,8 +184,13 @@ class Trainer:
     """Owns the model, optimizer, data streams and RNG, and everything a checkpoint must hold."""
 
     def __init__(self, corpus: Corpus, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
-                 resume: ckpt.Checkpoint | None = None) -> None:
+                 resume: ckpt.Checkpoint | None = None,
+                 init_from: ckpt.Checkpoint | None = None) -> None:
+        """A new run, or one resumed exactly from `resume`, or a new run whose weights start
+        from `init_from` (fine-tuning: model_cfg must have its shape, see finetune.py)."""
         cfg.validate()
+        if resume is not None and init_from is not None:
+            raise CharlmError("--resume continues a run and --init-from starts one: give one")
         self.corpus, self.cfg, self.out = corpus, cfg, Path(out)
         self.vocab = corpus.vocab
         corpus.require_length(cfg.batch_size, cfg.seq_len)
@@ -197,6 +202,16 @@ class Trainer:
             except ValueError as e:
                 raise CharlmError(str(e)) from None
             self.model = CharLSTM(model_cfg, seed=cfg.seed)
+            self.init_from: dict | None = None  # where the weights came from, when fine-tuning
+            self.transplant = None
+            if init_from is not None:
+                from charlm.finetune import init_weights
+
+                self.transplant = init_weights(self.model, self.vocab.itos, init_from)
+                where = init_from.path and str(Path(init_from.path).resolve())
+                self.init_from = {"path": where, "sha256": init_from.sha256,
+                                  "step": init_from.meta["step"],
+                                  "corpus": init_from.meta.get("corpus")}
             self.opt = OPTIMIZERS[cfg.optimizer](self.model.n_params, self.model.dtype)
             self.rng = np.random.Generator(np.random.PCG64(cfg.seed))
             self.batcher = Batcher(corpus.train, cfg.batch_size, cfg.seq_len)
@@ -207,6 +222,7 @@ class Trainer:
             self.best_val_loss = float("inf")
             self.progress = 0.0  # fraction of the budget used: drives the lr schedule
             self.loss_window = [0.0, 0]  # train loss summed since the last record, and steps
+            self.elapsed = 0.0  # seconds spent in run() so far, across resumes
         else:
             self._restore(resume)
 
@@ -241,6 +257,14 @@ class Trainer:
         self.best_val_loss = float(meta.get("best_val_loss") or "inf")
         self.progress = float(meta.get("progress", 0.0))
         self.loss_window = list(meta.get("loss_window", [0.0, 0]))
+        elapsed, self.init_from = meta.get("elapsed_s", 0.0), meta.get("init_from")
+        if (not isinstance(elapsed, (int, float)) or isinstance(elapsed, bool)
+                or not 0 <= elapsed < math.inf):
+            raise CharlmError(f"the checkpoint has bad metadata (elapsed_s is {elapsed!r})")
+        if not isinstance(self.init_from, (dict, type(None))):
+            raise CharlmError("the checkpoint has bad metadata (init_from is not an object)")
+        self.elapsed = float(elapsed)
+        self.transplant = None
 
     def save(self, name: str) -> Path:
         path = self.out / f"{name}.npz"
@@ -255,10 +279,13 @@ class Trainer:
             "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
             "progress": self.progress,
             "loss_window": self.loss_window,
+            "elapsed_s": self.elapsed,
             "corpus": self.corpus.name,
             "corpus_path": str(self.corpus.path.resolve()),
             "corpus_sha256": self.corpus.sha256,
         }
+        if self.init_from is not None:
+            meta["init_from"] = self.init_from
         # the streams' recurrent state too: without it a resumed run would not be bit-exact
         arrays = {**self.opt.state(), "state_h": self.state.h, "state_c": self.state.c}
         ckpt.save_checkpoint(path, self.model, self.vocab.itos, meta, arrays)
@@ -322,6 +349,8 @@ class Trainer:
                 rows = sorted(self.train_history + self.val_history, key=lambda r: r["step"])
                 f.writelines(json.dumps(row) + "\n" for row in rows)
         t_start = time.perf_counter()
+        e0 = self.elapsed  # the plots' minutes axis runs on across a resume
+        self._clock = lambda: e0 + time.perf_counter() - t_start
         deadline = t_start + minutes * 60 if minutes else math.inf
         p0 = self.progress
 
@@ -351,7 +380,8 @@ class Trainer:
                 speed = loss_n * chars / max(now - t_log, 1e-9)
                 self._record(self.train_history, {
                     "step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-                    "train_loss": loss_sum / loss_n, "lr": lr, "chars_per_s": round(speed)})
+                    "train_loss": loss_sum / loss_n, "lr": lr, "chars_per_s": round(speed),
+                    "time_s": round(self._clock(), 3)})
                 self.loss_window, t_log = [0.0, 0], time.perf_counter()
             yield Event("step", self.step, self.expected_steps(limit), train_loss=loss,
                         chars_per_s=speed)
@@ -371,10 +401,13 @@ class Trainer:
             # just evaluated and saved at this very step
             return Event("done", self.step, self.step, val_loss=self.val_history[-1][
                 "val_loss"], message=str(self.out / "latest.npz"))
+        reached = self._clock()  # the loss is the model's at this time, however long it takes
         val = self.evaluate()
+        self.elapsed = self._clock()
         if math.isfinite(val):
-            self._record(self.val_history,
-                         {"step": self.step, "val_loss": val, "val_bpc": val / LN2})
+            self._record(self.val_history, {"step": self.step, "val_loss": val,
+                                            "val_bpc": val / LN2,
+                                            "time_s": round(reached, 3)})
         if math.isfinite(val) and val < self.best_val_loss:
             self.best_val_loss = val
             self.save("best")

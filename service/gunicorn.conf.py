@@ -6,8 +6,13 @@ environment: PORT, WEB_CONCURRENCY (workers), CHARLM_HTTP_THREADS, and the app's
 """
 
 import os
+from pathlib import Path
 
-wsgi_app = "service:create_app()"
+# the app's package is this file's folder, imported by the folder's name from its parent:
+# `service` in a checkout (the Procfile, `charlm serve`), `charlm_service` where it is installed
+_package = Path(__file__).resolve().parent
+pythonpath = str(_package.parent)
+wsgi_app = f"{_package.name}:create_app()"
 bind = [f"0.0.0.0:{os.environ.get('PORT', '8000')}"]
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 
