@@ -191,7 +191,9 @@ def info(
         "best val    " + (f"{best:.4f} nats/char ({best / LN2:.3f} bits/char)"
                           if best is not None else "none"),
     ]
-    train_h, val_h = meta["train_history"], meta["val_history"]
+    # rows without the loss (a checkpoint may hold such) are left out
+    train_h = [r for r in meta["train_history"] if "train_loss" in r]
+    val_h = [r for r in meta["val_history"] if "val_loss" in r]
     if train_h:
         lines.append(f"train loss  {train_h[0]['train_loss']:.3f} at step {train_h[0]['step']} "
                      f"-> {train_h[-1]['train_loss']:.3f} at step {train_h[-1]['step']}")

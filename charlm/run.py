@@ -11,7 +11,14 @@ from charlm import checkpoint as ckpt
 from charlm.corpora import resolve_corpus
 from charlm.data import load_corpus
 from charlm.model import ModelConfig
-from charlm.train import LN2, StopFlag, TrainConfig, Trainer, resume_options
+from charlm.train import (
+    LN2,
+    StopFlag,
+    TrainConfig,
+    Trainer,
+    check_resume_model,
+    resume_options,
+)
 
 
 def run_training(corpus: str | None, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
@@ -25,6 +32,7 @@ def run_training(corpus: str | None, model_cfg: ModelConfig, cfg: TrainConfig, o
     console = console or Console(stderr=True)
     previous = ckpt.load_checkpoint(resume) if resume is not None else None
     if previous is not None:
+        check_resume_model(model_cfg, given or (), previous)
         cfg, corpus = resume_options(cfg, given or (), previous, corpus)
     path = resolve_corpus(corpus)
     data = load_corpus(path, val_frac=cfg.val_frac, encoding_errors=encoding_errors)
