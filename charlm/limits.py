@@ -25,17 +25,19 @@ _SIZES = {"vocab_size": MAX_VOCAB, "n_embd": MAX_EMBD, "n_hidden": MAX_HIDDEN,
 def check_model_size(cfg) -> None:
     """ValueError unless every size of cfg (a ModelConfig with a known cell) is in bounds.
 
-    The sizes are checked one by one before the parameter count is computed, so a config that
-    says n_layer = 10**7 is refused without building ten million of anything.
+    The parameter count is arithmetic on the sizes (nothing is built), so a config that says
+    n_layer = 10**7 or n_hidden = 10**12 is refused with what it would need, at once.
     """
-    for name, hi in _SIZES.items():
-        v = getattr(cfg, name)
-        if not 1 <= v <= hi:
-            raise ValueError(f"{name} must be in [1, {hi:,}], got {v:,}")
+    for name in _SIZES:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(cfg, name)}")
     n = n_params(cfg)
     if n > MAX_PARAMS:
-        raise ValueError(f"a {shape(cfg)} has {n:,} parameters; the limit is {MAX_PARAMS:,} "
-                         f"(training it needs {gib(n * 4 * _itemsize(cfg))})")
+        raise ValueError(f"a {shape(cfg)} has {n:,} parameters, over the limit of "
+                         f"{MAX_PARAMS:,}: training it needs {gib(n * 4 * _itemsize(cfg))}")
+    for name, hi in _SIZES.items():
+        if getattr(cfg, name) > hi:
+            raise ValueError(f"{name} must be at most {hi:,}, got {getattr(cfg, name):,}")
 
 
 def shape(cfg) -> str:
@@ -105,6 +107,8 @@ def check_fits(what: str, need: int) -> None:
 
 
 def gib(n: int) -> str:
+    if n >= 2**60:
+        return f"{n / 2**30:.2g} GiB"
     return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
 
 

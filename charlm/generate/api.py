@@ -101,5 +101,8 @@ def next_distribution(packed: PackedModel, prompt: str = "", temperature: float 
         probs = np.zeros_like(z)
         probs[np.argmax(z)] = 1.0
     else:
-        probs = np.exp(log_softmax(z / temperature))
+        # from the largest logit down: a tiny temperature sends the others to -inf (whose
+        # exp is 0, the limit), never the largest to inf - inf = NaN
+        with np.errstate(over="ignore"):
+            probs = np.exp(log_softmax((z - z.max()) / temperature))
     return Distribution(probs, packed.itos, float(temperature))
