@@ -167,6 +167,11 @@ class Worker(ThreadWorker):
     def _refuse_head(self, conn, status: int, reason: str, message: str) -> None:
         with contextlib.suppress(OSError):
             json_error(conn.sock, status, reason, message)
+            # take in what the client has sent already: closing on unread bytes resets the
+            # connection, and the client could lose the answer
+            for _ in range(64):
+                if not conn.sock.recv(65536):
+                    break
         self._drop_head(conn)
 
     def murder_pending(self) -> None:
