@@ -630,3 +630,27 @@ def test_keys_no_client_could_send_are_refused(checkpoint_dir, monkeypatch, key)
     with pytest.raises(CharlmError, match="CHARLM_API_KEY must be printable ASCII without "
                                           "spaces"):
         create_app()
+
+
+def test_kept_alive_connections_still_work(server):
+    """A connection kept alive between requests has its next head read by the main loop too."""
+    conn = http.client.HTTPConnection("127.0.0.1", server[0], timeout=10)
+    try:
+        for k in range(3):
+            conn.request("POST", "/generate", json.dumps({"inputs": "a", "parameters": {
+                "max_new_tokens": 2}}), {**AUTH, "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200 and "generated_text" in strict_json(resp.read())
+            time.sleep(0.5 * k)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "1e9", "nan"])
+def test_bad_deadlines_stop_the_server_with_one_line(value):
+    code = "import service.worker"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "CHARLM_WRITE_TIMEOUT": value}, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == ("error: CHARLM_WRITE_TIMEOUT must be a number of seconds in "
+                                f"(0, 3600], got {value!r}")
