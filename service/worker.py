@@ -43,6 +43,7 @@ HEADER_TIMEOUT = _seconds("CHARLM_HEADER_TIMEOUT", 10.0)  # from the first byte 
 BODY_TIMEOUT = _seconds("CHARLM_BODY_TIMEOUT", 30.0)  # for the whole body, once the head is in
 WRITE_TIMEOUT = _seconds("CHARLM_WRITE_TIMEOUT", 30.0)  # for each write to go out
 HEADER_BYTES = 32 * 1024  # a request head larger than this is answered 431
+LINGER = 2.0  # seconds a closed connection waits for its client to close (as gthread's)
 
 
 def json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
@@ -89,6 +90,7 @@ class Worker(ThreadWorker):
 
     def init_process(self) -> None:
         self.heads: deque = deque()  # connections whose head is arriving, oldest first
+        self.lingering: deque = deque()  # closed for writing, draining until the client closes
         # gunicorn writes its own errors (a bad request line, a header too large) as HTML
         util.write_error = json_error
         super().init_process()
@@ -174,11 +176,53 @@ class Worker(ThreadWorker):
                     break
         self._drop_head(conn)
 
+    # -- closing, without blocking the main loop -----------------------------------------------
+
+    def finish_request(self, conn, fs) -> None:
+        """As gthread's, but a connection to close lingers in the poller: gthread's graceful
+        close waits up to 2 s in the main loop for the client to close its side, and a client
+        that never does (one that stopped reading) stalled every other connection that long."""
+        try:
+            result = fs.result() if not fs.cancelled() else False
+        except Exception:
+            result = False
+        if result:  # kept alive, deferred, or more to read: as gthread does it
+            super().finish_request(conn, fs)
+            return
+        self.nr_conns -= 1
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)  # the FIN: the answer is whole
+            conn.sock.setblocking(False)
+        except OSError:
+            conn.close()
+            return
+        conn.linger_deadline = time.monotonic() + LINGER
+        self.lingering.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._drain, conn))
+
+    def _drain(self, conn, sock) -> None:
+        """Read and drop what the client still sends; close once it has closed too."""
+        try:
+            if sock.recv(65536):
+                return
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            pass
+        self._end_linger(conn)
+
+    def _end_linger(self, conn) -> None:
+        self.poller.unregister(conn.sock)
+        self.lingering.remove(conn)
+        conn.close()
+
     def murder_pending(self) -> None:
-        """Also close the connections whose head is late (the main loop calls this each
-        second)."""
+        """Also close the connections whose head is late, and those that lingered long enough
+        (the main loop calls this each second)."""
         super().murder_pending()
         now = time.monotonic()
+        while self.lingering and self.lingering[0].linger_deadline <= now:
+            self._end_linger(self.lingering[0])
         while self.heads and self.heads[0].head_deadline <= now:
             conn = self.heads[0]
             self.log.info("closing %s: no whole request head in %g s", conn.client[0],

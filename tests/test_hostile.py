@@ -654,3 +654,27 @@ def test_bad_deadlines_stop_the_server_with_one_line(value):
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert r.stderr.strip() == ("error: CHARLM_WRITE_TIMEOUT must be a number of seconds in "
                                 f"(0, 3600], got {value!r}")
+
+
+def test_clients_that_never_close_do_not_stall_the_main_loop(server):
+    """30 answered connections whose clients never close their side: gthread's graceful close
+    waited 2 s for each in the main loop (a minute for these); they linger in the poller."""
+    port = server[0]
+    quiet = []
+    try:
+        for _ in range(30):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            quiet.append(s)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        for _ in range(3):
+            status, _, body = call(port, "GET", "/health", timeout=5)
+            assert status == 200 and strict_json(body) == {"status": "ok"}
+        took = time.monotonic() - t0
+        answer = read_answer(quiet[0])  # each got its answer, then the server's FIN
+        assert answer[0] == 200 and strict_json(answer[2]) == {"status": "ok"}
+    finally:
+        for s in quiet:
+            s.close()
+    print(f"3 /health probes with 30 unclosed connections: {took * 1000:.0f} ms")
