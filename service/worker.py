@@ -233,7 +233,10 @@ class Worker(ThreadWorker):
     # -- bodies and writes, with deadlines, in the threads ---------------------------------
 
     def handle_request(self, req, conn):
-        conn.sock.settimeout(WRITE_TIMEOUT)  # each write must go out in this time
+        # each write must go out whole in this time: a Python timeout bounds all of sendall
+        # (the kernel's SO_SNDTIMEO bounds each send only, and 64 streams that never read
+        # went on for minutes with it, each send moving a little)
+        conn.sock.settimeout(WRITE_TIMEOUT)
         _deadline_reads(conn, BODY_TIMEOUT)
         try:
             return super().handle_request(req, conn)
