@@ -50,11 +50,11 @@ class Batcher:
         try:
             epoch, window = int(p["epoch"]), int(p["window"])
             fits = all(int(p.get(k, v)) == v for k, v in want.items())
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise CharlmError(f"not a data position: {p!r}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+            raise CharlmError(f"not a data position: {repr(p)[:80]}") from None
         if not fits or epoch < 0 or not 0 <= window <= self.n_windows:
-            raise CharlmError(f"the saved data position {p} does not fit this corpus and batch "
-                              f"shape ({want})")
+            raise CharlmError(f"the saved data position {repr(p)[:120]} does not fit this "
+                              f"corpus and batch shape ({want})")
         self.epoch, self.window = epoch, window
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:

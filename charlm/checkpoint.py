@@ -8,6 +8,9 @@ untrusted file cannot run code. Writes are atomic: a crash leaves the previous c
 import copy
 import itertools
 import json
+import math
+import zipfile
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path, PurePath
@@ -17,6 +20,8 @@ import numpy as np
 from charlm import __version__
 from charlm.data import atomic_write, file_sha256
 from charlm.errors import CharlmError
+from charlm.limits import MAX_BATCH, check_fits, n_params
+from charlm.limits import shape as model_shape
 from charlm.model import CharLSTM, ModelConfig, param_shapes
 
 FORMAT = "charlm-checkpoint"
@@ -52,6 +57,59 @@ MODEL_META = {
 MAX_UNIT_NAME = 80  # characters in one unit's name
 BIT_GENERATORS = {name: getattr(np.random, name)
                   for name in ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")}
+
+# bounds on what a file may hold, checked before its arrays are read
+MAX_META_BYTES = 16 * 2**20  # the JSON metadata: a long run's history is a few MB
+MAX_MEMBERS = 1024  # arrays in the archive: 64 layers of any cell need a few hundred
+MAX_OPT_ARRAYS = 16  # the optimizer's moments and step, and the streams' state
+MAX_MESSAGE = 300  # characters of an error message: one line, whatever the file says
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: object) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _short(v: object) -> str:
+    """A value as a message quotes it: missing, or its repr cut to a few dozen characters."""
+    return "missing" if v is None else _oneline(repr(v), 40)
+
+
+def _history(loss: str) -> Callable[[object], str | None]:
+    """A check of a history: objects with a whole step, and the loss, where a row has one, a
+    finite number (readers skip rows without it)."""
+
+    def check(rows: object) -> str | None:
+        for row in rows:
+            if not isinstance(row, dict):
+                return "holds something other than objects"
+            if not _count(row.get("step")):
+                return f"has a row whose step is {_short(row.get('step'))}"
+            if loss in row and not _number(row[loss]):
+                return f"has a row whose {loss} is {_short(row.get(loss))}"
+            if not all(v is None or isinstance(v, str) or _number(v) for v in row.values()):
+                return "has a row with a value that is not a number"
+        return None
+
+    return check
+
+
+# metadata key -> a check of its value (None: fine, else what is wrong); a key a checkpoint
+# may leave out is checked only when present. One more optional field is one more line here.
+META_CHECKS: dict[str, Callable[[object], str | None]] = {
+    "step": lambda v: None if _count(v) else "is not a whole number >= 0",
+    "epoch": lambda v: None if _count(v) else "is not a whole number >= 0",
+    "train_history": _history("train_loss"),
+    "val_history": _history("val_loss"),
+    "progress": lambda v: None if _number(v) and 0 <= v <= 1 else "is not a number in [0, 1]",
+    "loss_window": lambda v: (None if isinstance(v, list) and len(v) == 2 and _number(v[0])
+                              and _count(v[1]) else "is not [a loss sum, a count]"),
+}
+for _key in ("corpus", "corpus_path", "charlm_version", "created"):
+    META_CHECKS[_key] = lambda v: None if v is None or isinstance(v, str) else "is not a string"
 
 
 @dataclass
@@ -102,7 +160,7 @@ def save_checkpoint(path: Path | str, model: CharLSTM, vocab: list[str], meta: d
     try:
         _build(arrays)
     except _ContentError as e:
-        raise CharlmError(f"refusing to write {path}: it {e}") from None
+        raise CharlmError(_oneline(f"refusing to write {path}: it {e}", MAX_MESSAGE)) from None
     try:
         with atomic_write(path) as f:  # a file object: np.savez adds .npz to a bare name
             np.savez(f, allow_pickle=False, **arrays)
@@ -111,13 +169,17 @@ def save_checkpoint(path: Path | str, model: CharLSTM, vocab: list[str], meta: d
 
 
 def load_checkpoint(path: Path | str) -> Checkpoint:
-    """Read and validate a checkpoint; any problem is a one-line CharlmError naming the file."""
+    """Read and validate a checkpoint; any problem is a one-line CharlmError naming the file.
+
+    Everything the file says about sizes (the config, each array's header, each member's
+    length) is checked against its bounds and this machine's memory before an array is read.
+    """
     path = Path(path)
     arrays, sha256 = _read(path)
     try:
         ckpt = _build(arrays)
     except _ContentError as e:
-        raise CharlmError(f"{path} {e}") from None
+        raise CharlmError(_oneline(f"{path} {e}", MAX_MESSAGE)) from None
     ckpt.sha256 = sha256
     ckpt.path = path
     return ckpt
@@ -175,18 +237,97 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], str]:
         sha256 = file_sha256(f)
         f.seek(0)
         try:
-            with np.load(f, allow_pickle=False) as npz:
-                if META not in npz.files:
-                    raise _ContentError("is not a charlm checkpoint (no metadata)")
-                arrays = {key: npz[key] for key in npz.files}
+            with zipfile.ZipFile(f) as zf:
+                arrays = _read_members(zf)
         except _ContentError as e:
-            raise CharlmError(f"{path} {e}") from None
+            raise CharlmError(_oneline(f"{path} {e}", MAX_MESSAGE)) from None
+        except CharlmError as e:
+            raise CharlmError(_oneline(f"{path}: {e}", MAX_MESSAGE)) from None
         except Exception as e:  # whatever the bytes make zipfile or numpy raise, it's damage
             raise CharlmError(f"{path} is corrupted or truncated ({_oneline(e)})") from None
-    for key, a in arrays.items():
-        if not isinstance(a, np.ndarray):  # np.load hands back members not ending .npy as bytes
-            raise CharlmError(f"{path} is not a charlm checkpoint ({key!r} is not an array)")
     return arrays, sha256
+
+
+def _read_members(zf: zipfile.ZipFile) -> dict[str, np.ndarray]:
+    """The archive's arrays, each read only after its size was checked: the metadata first,
+    then every header against what the config allows, then the total against free memory."""
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise _ContentError(f"has {len(infos):,} members; a checkpoint has at most "
+                            f"{MAX_MEMBERS:,}")
+    members = {info.filename.removesuffix(".npy"): info for info in infos}
+    if META not in members:
+        raise _ContentError("is not a charlm checkpoint (no metadata)")
+    for info in infos:
+        if not info.filename.endswith(".npy"):  # np.load would hand such a member back as bytes
+            raise _ContentError(f"is not a charlm checkpoint ({info.filename!r} is not an "
+                                "array)")
+    _header(zf, members[META], META, MAX_META_BYTES)
+    raw = _array(zf, members[META])
+    meta = _meta(raw)
+    cfg = _config(meta["config"])
+    # the largest array each member may be: a parameter its exact shape; the optimizer's
+    # arrays the parameters, or the streams' state (n_layer x batch x n_hidden)
+    shapes = param_shapes(cfg)
+    tcfg = meta.get("train_config")
+    batch = tcfg.get("batch_size") if isinstance(tcfg, dict) else None
+    batch = batch if type(batch) is int and 1 <= batch <= MAX_BATCH else 1
+    opt_max = max(n_params(cfg), cfg.n_layer * cfg.n_hidden * batch)
+    if sum(k.startswith("opt/") for k in members) > MAX_OPT_ARRAYS:
+        raise _ContentError(f"has more than {MAX_OPT_ARRAYS} optimizer arrays")
+    total = 0
+    for key, info in members.items():
+        if key == META:
+            continue
+        if key.startswith("param/") and key.removeprefix("param/") in shapes:
+            limit = math.prod(shapes[key.removeprefix("param/")])
+        elif key.startswith("opt/"):
+            limit = opt_max
+        else:
+            continue  # _build names what it is; nothing is read for it
+        total += _header(zf, info, key, limit)
+    # what is read, then theta and the model's weights and gradients beside it
+    check_fits(f"loading a {model_shape(cfg)} checkpoint", total + 3 * n_params(cfg) * 8)
+    arrays = {META: raw}
+    for key, info in members.items():
+        if key != META:
+            # an array nothing wants is not read: _build names it and refuses the file
+            arrays[key] = _array(zf, info) if _wanted(key, shapes) else np.empty(0, np.uint8)
+    return arrays
+
+
+def _wanted(key: str, shapes: dict) -> bool:
+    return key.startswith("opt/") or (key.startswith("param/")
+                                      and key.removeprefix("param/") in shapes)
+
+
+def _header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, limit: int) -> int:
+    """The bytes of data a member holds, after checking its .npy header: no pickled objects,
+    at most `limit` elements, and a length in the archive that agrees with the header."""
+    with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            dims, _, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            dims, _, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise _ContentError(f"has {key} in .npy format version {version}")
+        start = fp.tell()
+    if dtype.hasobject:
+        raise _ContentError(f"has {key} of dtype {dtype}: pickled objects are never read")
+    count = math.prod(dims)
+    if count > limit:
+        raise _ContentError(f"has {key} of shape {dims}, larger than its config allows "
+                            f"({limit:,} values at most)")
+    if info.file_size != start + count * dtype.itemsize:
+        raise _ContentError(f"has {key} whose length ({info.file_size:,} bytes) does not match "
+                            f"its header (shape {dims}, {dtype})")
+    return count * dtype.itemsize
+
+
+def _array(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    with zf.open(info) as fp:
+        return np.lib.format.read_array(fp, allow_pickle=False)
 
 
 def _open(path: Path):
@@ -212,10 +353,11 @@ def _build(arrays: dict[str, np.ndarray]) -> Checkpoint:
         value = meta[key]
         if not isinstance(value, types) or isinstance(value, bool):
             raise _ContentError(f"has bad metadata ({key} is {type(value).__name__})")
-    for key in ("train_history", "val_history"):
-        if not all(isinstance(row, dict) for row in meta[key]):
-            raise _ContentError(f"has bad metadata ({key} holds something other than objects)")
-    _unit_names(meta["unit_names"], cfg)
+    for key, check in META_CHECKS.items():
+        problem = check(meta[key]) if key in meta else None
+        if problem:
+            raise _ContentError(f"has bad metadata ({key} {problem})")
+    _unit_names(meta["unit_names"], cfg)  # checked against the model's shape
     if meta["rng_state"] is not None:
         try:
             _generator(meta["rng_state"])
@@ -305,6 +447,9 @@ def _vocab(vocab: object, vocab_size: int) -> list[str]:
         raise _ContentError("has a vocab that is not a list of single characters")
     if len(vocab) != vocab_size:
         raise _ContentError(f"has a vocab of {len(vocab)} characters for vocab_size {vocab_size}")
+    lone = next((ch for ch in vocab if "\ud800" <= ch <= "\udfff"), None)
+    if lone is not None:  # a lone surrogate has no UTF-8: no text could carry it
+        raise _ContentError(f"has a vocab with a lone surrogate ({lone!r}), not a character")
     if len(set(vocab)) != len(vocab):
         dup = next(ch for ch in vocab if vocab.count(ch) > 1)
         raise _ContentError(f"has a vocab with {dup!r} in it more than once")
@@ -348,7 +493,7 @@ def _jsonable(x: object) -> object:
     raise TypeError(f"{type(x).__name__} cannot go in checkpoint metadata")
 
 
-def _oneline(e: BaseException) -> str:
-    """An exception's message on one short line, fit for a CharlmError."""
+def _oneline(e: BaseException | str, limit: int = 200) -> str:
+    """An exception's message (or a message) on one line of at most limit characters."""
     text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."

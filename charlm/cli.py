@@ -120,6 +120,15 @@ def train(
     cfg = config(TrainConfig, ctx.params)
     cfg.validate()
     model_cfg = config(ModelConfig, ctx.params)
+    if resume is None:  # sizes are refused here, before a corpus is read
+        try:
+            model_cfg.validate()
+        except ValueError as e:
+            raise CharlmError(str(e)) from None
+        from charlm.limits import check_fits, shape, train_bytes
+
+        check_fits(f"training a {shape(model_cfg)} at {cfg.batch_size} x {cfg.seq_len}",
+                   train_bytes(model_cfg, cfg.seq_len, cfg.batch_size))
     from charlm.run import run_training
 
     # on --resume, options left at their defaults take the checkpoint's values
@@ -217,7 +226,9 @@ def info(
         "best val    " + (f"{best:.4f} nats/char ({best / LN2:.3f} bits/char)"
                           if best is not None else "none"),
     ]
-    train_h, val_h = meta["train_history"], meta["val_history"]
+    # rows without the loss (a checkpoint may hold such) are left out
+    train_h = [r for r in meta["train_history"] if "train_loss" in r]
+    val_h = [r for r in meta["val_history"] if "val_loss" in r]
     if train_h:
         lines.append(f"train loss  {train_h[0]['train_loss']:.3f} at step {train_h[0]['step']} "
                      f"-> {train_h[-1]['train_loss']:.3f} at step {train_h[-1]['step']}")

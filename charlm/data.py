@@ -12,6 +12,7 @@ sha256 of the file's bytes and the options, and memory-mapped from there on.
 """
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -47,13 +48,15 @@ def default_cache_dir() -> Path:
 def atomic_write(path: Path) -> Iterator[BinaryIO]:
     """A binary file that appears at path, whole, only if the block ends without an exception.
 
-    The bytes go to a temp file beside path (.NAME.XXXXXXXX.tmp), which is fsynced and renamed
-    over path; then the directory is fsynced too. A crash leaves the previous file whole (and at
-    worst a stray temp file), never a partial one.
+    The bytes go to a temp file beside path (.NAME.PID.XXXXXXXX.tmp), which is fsynced and
+    renamed over path; then the directory is fsynced too. A crash leaves the previous file whole
+    (and a stray temp file), never a partial one; the next successful write of the same file
+    removes the temp files that writers no longer running left behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                               suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -65,6 +68,7 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    remove_stale_temps(path)
     if os.name == "posix":
         # make the rename itself durable; some filesystems refuse, and it has happened anyway
         with contextlib.suppress(OSError):
@@ -73,6 +77,30 @@ def atomic_write(path: Path) -> Iterator[BinaryIO]:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temp files of atomic writes of path whose writer is gone (a killed write);
+    a write still running, in this process or another, keeps its own. The removed paths."""
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, and belongs to someone else
+        return True
+    return True
 
 
 def file_sha256(file: Path | BinaryIO) -> str:

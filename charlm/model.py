@@ -13,6 +13,7 @@ import numpy as np
 
 from charlm import kernels as K
 from charlm.cells import CELLS
+from charlm.limits import check_model_size
 
 DTYPES = ("float32", "float64")  # float64 for gradient checks
 
@@ -29,13 +30,11 @@ class ModelConfig:
     forget_bias: float = 0.0  # the forget gate's bias at init: 0 learns faster, 1 remembers
 
     def validate(self) -> None:
-        for name in ("vocab_size", "n_embd", "n_hidden", "n_layer"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        check_model_size(self)  # sizes and parameter count, before anything is allocated
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not math.isfinite(self.forget_bias):
             raise ValueError(f"forget_bias must be a finite number, got {self.forget_bias}")
         if self.dtype not in DTYPES:

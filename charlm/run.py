@@ -12,7 +12,14 @@ from charlm.corpora import resolve_corpus
 from charlm.data import load_corpus
 from charlm.errors import CharlmError
 from charlm.model import ModelConfig
-from charlm.train import LN2, StopFlag, TrainConfig, Trainer, resume_options
+from charlm.train import (
+    LN2,
+    StopFlag,
+    TrainConfig,
+    Trainer,
+    check_resume_model,
+    resume_options,
+)
 
 
 def run_training(corpus: str | None, model_cfg: ModelConfig, cfg: TrainConfig, out: Path,
@@ -30,6 +37,7 @@ def run_training(corpus: str | None, model_cfg: ModelConfig, cfg: TrainConfig, o
         raise CharlmError("--resume continues a run and --init-from starts one: give one")
     previous = ckpt.load_checkpoint(resume) if resume is not None else None
     if previous is not None:
+        check_resume_model(model_cfg, given or (), previous)
         cfg, corpus = resume_options(cfg, given or (), previous, corpus)
     base = None
     if init_from is not None:

@@ -15,6 +15,7 @@ from charlm import checkpoint as ckpt
 from charlm.batches import Batcher, iter_eval
 from charlm.data import Corpus
 from charlm.errors import CharlmError
+from charlm.limits import MAX_BATCH, MAX_SEQ_LEN, check_fits, shape, train_bytes
 from charlm.model import CharLSTM, ModelConfig, State
 from charlm.optim import OPTIMIZERS, Adam, RMSprop, clip_grad_norm
 
@@ -42,10 +43,20 @@ class TrainConfig:
     seed: int = 1337
 
     def validate(self) -> None:
+        for f in fields(self):  # a checkpoint's train_config reaches here too: types first
+            value, want = getattr(self, f.name), type(f.default)
+            if not isinstance(value, (int, float) if want is float else want) \
+                    or isinstance(value, bool):
+                raise CharlmError(f"--{f.name.replace('_', '-')} must be "
+                                  f"{'a number' if want is float else want.__name__}, "
+                                  f"got {str(value)[:40]!r}")
         positive = ("seq_len", "batch_size", "eval_every", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise CharlmError(f"--{name.replace('_', '-')} must be at least 1")
+        for name, hi in (("seq_len", MAX_SEQ_LEN), ("batch_size", MAX_BATCH)):
+            if getattr(self, name) > hi:
+                raise CharlmError(f"--{name.replace('_', '-')} must be at most {hi:,}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise CharlmError(f"--lr must be a positive number, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:
@@ -59,6 +70,9 @@ class TrainConfig:
         for name in ("warmup_steps", "max_steps", "max_epochs", "max_minutes", "grad_clip"):
             if getattr(self, name) < 0:
                 raise CharlmError(f"--{name.replace('_', '-')} must not be negative")
+        for name in ("max_epochs", "max_minutes", "grad_clip", "min_lr_frac", "val_frac"):
+            if not math.isfinite(getattr(self, name)):
+                raise CharlmError(f"--{name.replace('_', '-')} must be a finite number")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -78,7 +92,29 @@ def resume_options(cfg: TrainConfig, given: Collection[str], previous: ckpt.Chec
     mine = {k: v for k, v in asdict(cfg).items() if k in given or k not in saved}
     if corpus is None:
         corpus = previous.meta.get("corpus_path")
+    try:
+        TrainConfig.from_dict(saved).validate()
+    except CharlmError as e:
+        raise CharlmError(f"the checkpoint's train_config is invalid: {e}".replace(
+            "--", "", 1)) from None
     return TrainConfig.from_dict({**saved, **mine}), corpus
+
+
+# the model options of `charlm train`; a checkpoint's model is what a resume continues
+MODEL_OPTIONS = ("n_layer", "n_hidden", "n_embd", "cell", "dropout", "forget_bias", "dtype")
+# the training options a resume cannot change: the batches, the optimizer's state, the RNG
+FIXED_ON_RESUME = ("seq_len", "batch_size", "optimizer", "val_frac", "seed")
+
+
+def check_resume_model(model_cfg: ModelConfig, given: Collection[str],
+                       previous: ckpt.Checkpoint) -> None:
+    """Refuse a model option typed with a resume (in `given`) that differs from the
+    checkpoint's: the resumed run continues the checkpoint's model, whatever is typed."""
+    for name in MODEL_OPTIONS:
+        mine, theirs = getattr(model_cfg, name), getattr(previous.config, name)
+        if name in given and mine != theirs:
+            raise CharlmError(f"--{name.replace('_', '-')} cannot change on resume "
+                              f"(checkpoint: {theirs})")
 
 
 def get_lr(it: int, progress: float, cfg: TrainConfig) -> float:
@@ -201,6 +237,8 @@ class Trainer:
                 model_cfg.validate()
             except ValueError as e:
                 raise CharlmError(str(e)) from None
+            check_fits(f"training a {shape(model_cfg)} at {cfg.batch_size} x {cfg.seq_len}",
+                       train_bytes(model_cfg, cfg.seq_len, cfg.batch_size))
             self.model = CharLSTM(model_cfg, seed=cfg.seed)
             self.init_from: dict | None = None  # where the weights came from, when fine-tuning
             self.transplant = None
@@ -239,12 +277,27 @@ class Trainer:
         if list(c.vocab) != list(self.vocab.itos):
             raise CharlmError("the checkpoint's vocabulary differs from this corpus's")
         saved = TrainConfig.from_dict(meta["train_config"])
-        for name in ("seq_len", "batch_size", "optimizer", "val_frac", "seed"):
+        for name in FIXED_ON_RESUME:
             if getattr(saved, name) != getattr(self.cfg, name):
                 raise CharlmError(f"--{name.replace('_', '-')} cannot change on resume "
                                   f"(checkpoint: {getattr(saved, name)})")
         self.model = c.model()
         self.opt = OPTIMIZERS[self.cfg.optimizer](self.model.n_params, self.model.dtype)
+        state = self.model.zero_state(self.cfg.batch_size)
+        # every array a resume reads, checked against what this model and optimizer keep
+        want = {**{k: np.asarray(v) for k, v in self.opt.state().items()},
+                "state_h": state.h, "state_c": state.c}
+        for key, a in want.items():
+            got = c.opt_state.get(key)
+            if got is None:
+                raise CharlmError(f"the checkpoint has no optimizer array {key!r} to resume "
+                                  f"{self.cfg.optimizer} from")
+            if got.shape != a.shape or got.dtype.kind != a.dtype.kind or (
+                    a.dtype.kind == "f" and got.dtype != a.dtype):
+                raise CharlmError(f"the checkpoint's {key} is {got.dtype} {got.shape} where "
+                                  f"resuming needs {a.dtype} {a.shape}")
+        if int(c.opt_state["step"]) < 0:
+            raise CharlmError("the checkpoint's optimizer step is negative")
         self.opt.load_state({k: v for k, v in c.opt_state.items()
                              if not k.startswith("state_")})
         self.rng = c.rng()

@@ -1,5 +1,7 @@
 """The charlm HTTP service: create_app() builds the Flask app that gunicorn serves."""
 
+import os
+
 from flask import Flask
 
 from charlm.errors import CharlmError
@@ -23,6 +25,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         MAX_STOP_CHARS=64,
         UNKNOWN_CHARS="error",  # prompt characters outside the vocabulary: "error" or "drop"
         MAX_CONTENT_LENGTH=64 * 1024,  # request body bytes; past it, 413
+        MAX_ACTIVATIONS=4,  # /activations at once per worker (within MAX_CONCURRENCY); 429
+        MAX_ACTIVATION_VALUES=1_000_000,  # per /activations answer (about 6 MB of JSON)
         API_KEY=None,  # when set, every route but /health needs Authorization: Bearer <key>
         CORS_ORIGINS="",  # "*", or origins separated by commas
         LOAD="background",  # or "sync": load the models before returning
@@ -32,6 +36,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     if test_config is None:
         app.config.from_prefixed_env("CHARLM")
+        # the key is a secret, not JSON: "null" or "1e5" must not turn it off or change it
+        app.config["API_KEY"] = os.environ.get("CHARLM_API_KEY")
     else:
         app.config.from_mapping(test_config)
     normalize(app.config)
@@ -43,7 +49,8 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     models = Models(app.config["CHECKPOINTS"], app.config["DEFAULT_MODEL"],
                     app.config["KERNEL_THREADS"])
-    app.extensions["charlm"] = State(models, Slots(app.config["MAX_CONCURRENCY"]))
+    app.extensions["charlm"] = State(models, Slots(app.config["MAX_CONCURRENCY"]),
+                                     Slots(app.config["MAX_ACTIVATIONS"]))
     register_error_handlers(app)
     security.init_app(app)
     for module in (tgi, completions, distribution, meta, playground):
@@ -57,18 +64,21 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 def normalize(cfg: dict) -> None:
     """Types as the code expects them: the environment gives JSON when it parses, else text."""
-    for key in ("API_KEY", "DEFAULT_MODEL"):
-        if cfg[key] is not None and cfg[key] != "":
-            cfg[key] = str(cfg[key])
-        else:
-            cfg[key] = None
+    from .security import check_key
+
+    cfg["API_KEY"] = check_key(cfg["API_KEY"])
+    if cfg["DEFAULT_MODEL"] is not None and cfg["DEFAULT_MODEL"] != "":
+        cfg["DEFAULT_MODEL"] = str(cfg["DEFAULT_MODEL"])
+    else:
+        cfg["DEFAULT_MODEL"] = None
     cfg["CHECKPOINTS"] = str(cfg["CHECKPOINTS"])
     origins = cfg["CORS_ORIGINS"] or []
     if isinstance(origins, str):
         origins = [o.strip() for o in origins.split(",") if o.strip()]
     cfg["CORS_ORIGINS"] = [str(o).rstrip("/") for o in origins]
     for key in ("MAX_CONCURRENCY", "MAX_PROMPT_CHARS", "MAX_NEW_TOKENS", "DEFAULT_NEW_TOKENS",
-                "MAX_TOP_N", "MAX_STOP", "MAX_STOP_CHARS", "MAX_CONTENT_LENGTH"):
+                "MAX_TOP_N", "MAX_STOP", "MAX_STOP_CHARS", "MAX_CONTENT_LENGTH",
+                "MAX_ACTIVATIONS", "MAX_ACTIVATION_VALUES"):
         if type(cfg[key]) is not int or cfg[key] < 0:
             raise CharlmError(f"CHARLM_{key} must be a whole number >= 0, got {cfg[key]!r}")
     if not isinstance(cfg["COALESCE_MS"], (int, float)) or not 0 <= cfg["COALESCE_MS"] <= 1000:

@@ -79,8 +79,11 @@ class Server:
                 body = json.loads(resp.read())
                 if resp.status == 200:
                     return
-                if body.get("status") == "error":
-                    raise CharlmError(f"the service cannot load: {body['error']}")
+                if body.get("status") == "failed":  # the reason is on /info
+                    conn.close()
+                    conn.request("GET", "/info")
+                    reason = json.loads(conn.getresponse().read()).get("error")
+                    raise CharlmError(f"the service cannot load: {reason}")
             except OSError:
                 pass
             finally:

@@ -16,7 +16,16 @@ from .engine import GenerationError
 from .errors import ApiError, validation
 from .generation import Run, check_prompt
 from .models import Served
-from .params import get_bool, get_float, get_int, get_object, get_stop, get_str, json_body
+from .params import (
+    MAX_COUNT,
+    get_bool,
+    get_float,
+    get_int,
+    get_object,
+    get_stop,
+    get_str,
+    json_body,
+)
 from .state import current
 
 bp = Blueprint("completions", __name__, url_prefix="/v1")
@@ -57,7 +66,7 @@ def parse(body: dict) -> CompletionRequest:
     seed = get_int(body, "seed", None, 0, 2**64 - 1)
     settings = SampleSettings(
         temperature=get_float(body, "temperature", 1.0, 0.0, 2.0),
-        top_k=get_int(body, "top_k", 0, 0, None),  # not OpenAI's, but vLLM's and llama.cpp's
+        top_k=get_int(body, "top_k", 0, 0, MAX_COUNT),  # not OpenAI's, but vLLM's and llama.cpp's
         top_p=get_float(body, "top_p", 1.0, 0.0, 1.0, lo_open=True),
         seed=secrets.randbits(63) if seed is None else seed,
         max_new_chars=get_int(body, "max_tokens", 16, 0, cfg["MAX_NEW_TOKENS"]),

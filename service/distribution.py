@@ -10,10 +10,13 @@ from charlm.generate import SampleSettings, entropy, log_softmax
 from .engine import GenerationError
 from .errors import ApiError
 from .generation import check_prompt, start
-from .params import get_float, get_int, get_str, json_body
+from .params import MAX_COUNT, get_float, get_int, get_str, json_body
 from .state import current
 
 bp = Blueprint("distribution", __name__)
+# below it, log-probabilities of the likely characters divided by T leave float64 (-inf is
+# not JSON); the distribution is one-hot long before
+MIN_TEMPERATURE = 1e-3
 
 
 @bp.post("/next")
@@ -23,9 +26,9 @@ def next_char():
     served = current().models.get(get_str(body, "model", None))
     prompt = get_str(body, "prompt")
     n_in = check_prompt(served, prompt)
-    temperature = get_float(body, "temperature", 1.0, 0.0, 100.0, lo_open=True)
+    temperature = get_float(body, "temperature", 1.0, MIN_TEMPERATURE, 100.0)
     V = served.packed.vocab_size
-    top_n = min(get_int(body, "top_n", V, 1, None), V)
+    top_n = min(get_int(body, "top_n", V, 1, MAX_COUNT), V)
     # one step of a stream in the model's batch: its token reports every character's logprob
     run = start(served, prompt, SampleSettings(temperature=0.0, seed=0, max_new_chars=1,
                                                top_n=V))

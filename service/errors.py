@@ -4,8 +4,18 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 # status -> error_type for the errors werkzeug raises itself
-HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
-              405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+              405: "method_not_allowed", 408: "request_timeout", 411: "length_required",
+              413: "payload_too_large", 414: "uri_too_long", 415: "unsupported_media_type",
+              417: "expectation_failed", 431: "headers_too_large", 500: "internal",
+              501: "not_implemented"}
+MAX_MESSAGE = 300  # characters: an error is one line, whatever a client or a file put in it
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """text on one line of at most limit characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ApiError(Exception):
@@ -13,6 +23,7 @@ class ApiError(Exception):
 
     def __init__(self, status: int, message: str, error_type: str = "validation",
                  headers: dict[str, str] | None = None) -> None:
+        message = one_line(message)
         super().__init__(message)
         self.status, self.message, self.error_type = status, message, error_type
         self.headers = headers or {}

@@ -4,6 +4,7 @@ However the response ends (finished, failed, or the client left), Run.close() ca
 and frees the slot, once.
 """
 
+import select
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -29,7 +30,12 @@ def client_gone(environ: dict) -> Callable[[], bool] | None:
         return None
 
     def gone() -> bool:
-        try:  # a closed connection reads as b"" at once; an open one has nothing to read
+        try:
+            # poll first: a socket with a timeout (service/worker.py's writes) would wait
+            # that long in recv for a byte that an open connection never sends
+            if not select.select([sock], [], [], 0)[0]:
+                return False
+            # a closed connection reads as b"" at once
             return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except (BlockingIOError, ValueError):  # ValueError: a TLS socket takes no recv
             return False  # flags, so there is no way to tell: keep going

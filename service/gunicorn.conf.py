@@ -18,7 +18,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 
 # long streams: a thread per connection, and more threads than the app admits requests, so a
 # request past the cap is answered 429 at once instead of waiting in the accept queue
-worker_class = "gthread"
+# worker_class: gthread, with deadlines (see the last settings)
 _cap = int(os.environ.get("CHARLM_MAX_CONCURRENCY", "32"))
 threads = int(os.environ.get("CHARLM_HTTP_THREADS", str(_cap + 8)))
 
@@ -45,3 +45,12 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 
 # gunicorn 24+ opens a control socket at one fixed path per user: two servers would collide
 control_socket_disable = True
+
+# -- hostile clients (service/worker.py) ------------------------------------------------------
+# gthread, but request heads are read whole by the main loop (slowloris cannot hold a thread),
+# bodies have a deadline, writes a timeout (a client that stops reading frees its slot), and
+# gunicorn's own errors are JSON. Its module is the app's package's: it follows wsgi_app.
+worker_class = wsgi_app.split(":")[0] + ".worker.Worker"
+limit_request_line = 4094  # bytes of the request line; past it, 414
+limit_request_fields = 50  # headers; past it, 431
+limit_request_field_size = 8190  # bytes of one header; past it, 431

@@ -21,7 +21,7 @@ def serve_env(checkpoints: Path, max_concurrency: int | None = None,
     if max_concurrency is not None:
         env["CHARLM_MAX_CONCURRENCY"] = str(max_concurrency)
     if api_key:
-        env["CHARLM_API_KEY"] = json_string(api_key)
+        env["CHARLM_API_KEY"] = api_key  # read literally, not as JSON
     if cors_origins:
         env["CHARLM_CORS_ORIGINS"] = json_string(cors_origins)
     if default_model:
@@ -60,6 +60,9 @@ def run_serve(checkpoints: Path = Path("checkpoints"), host: str = "127.0.0.1", 
     if not CONF.is_file():
         raise CharlmError(f"{CONF} is missing: run from a charlm source checkout")
     discover(Path(checkpoints))  # a missing or empty path is a one-line error, here and now
+    from .security import check_key
+
+    check_key(api_key)
     if workers < 1:
         raise CharlmError(f"--workers must be at least 1, got {workers}")
     env = serve_env(checkpoints, max_concurrency, api_key, cors_origins, default_model)

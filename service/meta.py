@@ -9,17 +9,18 @@ from .state import current
 bp = Blueprint("meta", __name__)
 
 LIMITS = ("MAX_CONCURRENCY", "MAX_PROMPT_CHARS", "MAX_NEW_TOKENS", "DEFAULT_NEW_TOKENS",
-          "MAX_TOP_N", "MAX_STOP", "MAX_STOP_CHARS", "MAX_CONTENT_LENGTH", "UNKNOWN_CHARS")
+          "MAX_TOP_N", "MAX_STOP", "MAX_STOP_CHARS", "MAX_CONTENT_LENGTH", "UNKNOWN_CHARS",
+          "MAX_ACTIVATIONS", "MAX_ACTIVATION_VALUES")
 
 
 @bp.get("/health")
 def health():
-    """200 once every model is loaded and its kernels warmed; 503 before (or if loading failed)."""
+    """{"status": "ok"} (200) once every model is loaded and warmed; "loading" or "failed"
+    (503) before. It is public: names and errors are on /info, behind the key."""
     models = current().models
     if models.ready.is_set():
-        return jsonify({"status": "ok", "models": list(models.models)})
-    status = "error" if models.error else "loading"
-    return jsonify({"status": status, "error": models.error}), 503
+        return jsonify({"status": "ok"})
+    return jsonify({"status": "failed" if models.error else "loading"}), 503
 
 
 @bp.get("/info")

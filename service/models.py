@@ -124,7 +124,8 @@ class Models:
                 model = ckpt.model()
                 packed = PackedModel(model, ckpt.vocab, self.kernel_threads)
             except CharlmError as e:
-                self.skipped[path.name] = str(e)
+                # named by the file, not its absolute path: /info shows this
+                self.skipped[path.name] = str(e).replace(str(path), path.name)
                 log.error("skipping %s: %s", path, e)
                 continue
             # a cold compile would cost the first request half a minute

@@ -16,7 +16,6 @@ bp = Blueprint("playground", __name__, static_folder="static",
 
 MAX_HISTORY_POINTS = 500  # a plot needs no more; long runs are thinned evenly
 DIGITS = 3  # values go out rounded: the page colours and ranks, it does not need float32
-MAX_VALUES = 1_000_000  # per answer: chars x layers x hidden x 4 kinds, a few MB of JSON
 
 
 @bp.get("/")
@@ -44,7 +43,10 @@ def activations():
     if idx.size == 0:
         raise validation("`text` has no character in the model's vocabulary")
     cell = served.ckpt.config.cell
-    layers = layer_activations(served, idx.reshape(1, -1).astype(np.int64))
+    state = current()
+    # a slot as generation takes one (it runs the model), and one of the few for this route
+    with state.slots.hold(), state.activations.hold():
+        layers = layer_activations(served, idx.reshape(1, -1).astype(np.int64))
     values = "tanh_c" if "tanh_c" in layers[0] else "h"
     out = {"model": served.name, "cell": cell, "chars": [served.packed.itos[k] for k in idx],
            "values": values, "gates": list(CELLS[cell].sigmoid_gates),
@@ -60,7 +62,8 @@ def max_chars(served: Served) -> int:
     model so wide that its answer would be too large."""
     cfg = served.ckpt.config
     per_char = cfg.n_layer * cfg.n_hidden * 4
-    return min(current_app.config["MAX_PROMPT_CHARS"], MAX_VALUES // per_char)
+    return min(current_app.config["MAX_PROMPT_CHARS"],
+               current_app.config["MAX_ACTIVATION_VALUES"] // per_char)
 
 
 def layer_activations(served: Served, idx: np.ndarray) -> list[dict[str, np.ndarray]]:

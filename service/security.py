@@ -4,6 +4,8 @@ import hmac
 
 from flask import Flask, Response, current_app, request
 
+from charlm.errors import CharlmError
+
 from .errors import ApiError
 
 OPEN = {"/health"}  # load balancers probe it without a key
@@ -21,8 +23,26 @@ def allowed_origin(origin: str | None) -> str | None:
 
 
 def is_page(path: str, method: str) -> bool:
-    """The playground page and its files: public, so a browser can load it and ask for a key."""
-    return method == "GET" and (path == "/" or path.startswith("/playground/"))
+    """The playground page and its files: public, so a browser can load it and ask for a key
+    (HEAD as GET: it is a GET without the body)."""
+    return method in ("GET", "HEAD") and (path == "/" or path.startswith("/playground/"))
+
+
+def check_key(key: object) -> str | None:
+    """CHARLM_API_KEY as the service uses it: None (no key) or a string a client can send.
+
+    The key is the variable's text, taken literally: "null", "true" or "1e5" are keys like any
+    other. It must be printable ASCII without spaces, since a header carries it and the
+    Bearer scheme ends at a space; anything else is refused rather than never matching.
+    """
+    if key is None or key == "":
+        return None
+    if not isinstance(key, str):
+        raise CharlmError(f"CHARLM_API_KEY must be a string, got {type(key).__name__}")
+    if not all("!" <= ch <= "~" for ch in key):
+        raise CharlmError("CHARLM_API_KEY must be printable ASCII without spaces (a client "
+                          "sends it in a header)")
+    return key
 
 
 def init_app(app: Flask) -> None:

@@ -1,7 +1,9 @@
 """What one app holds beside its config: the models and the concurrency slots."""
 
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from flask import current_app
 
@@ -28,11 +30,22 @@ class Slots:
         with self._lock:
             self.in_use -= 1
 
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """A slot for the block (429 at once if there is none)."""
+        self.take()
+        try:
+            yield
+        finally:
+            self.give()
+
 
 @dataclass
 class State:
     models: Models
-    slots: Slots
+    slots: Slots  # every request that runs the model: generation, /next, /activations
+    # /activations within those: each costs a forward pass and megabytes of JSON at once
+    activations: Slots = field(default_factory=lambda: Slots(4))
 
 
 def current() -> State:

@@ -16,7 +16,16 @@ from .engine import GenerationError
 from .errors import ApiError, validation
 from .generation import Run, check_prompt
 from .models import Served
-from .params import get_bool, get_float, get_int, get_object, get_stop, get_str, json_body
+from .params import (
+    MAX_COUNT,
+    get_bool,
+    get_float,
+    get_int,
+    get_object,
+    get_stop,
+    get_str,
+    json_body,
+)
 from .state import current
 
 bp = Blueprint("tgi", __name__)
@@ -52,12 +61,12 @@ def parse(body: dict, stream: bool | None = None) -> TgiRequest:
     for key, allowed in NEUTRAL.items():
         if params.get(key) is not None and params[key] not in allowed:
             raise validation(f"`{P}{key}` is not supported by this server")
-    truncate = get_int(params, "truncate", None, 1, None, where=P)
+    truncate = get_int(params, "truncate", None, 1, MAX_COUNT, where=P)
     if truncate is not None:
         prompt = prompt[-truncate:]
     n_in = check_prompt(served, prompt, "inputs")
     temperature = get_float(params, "temperature", None, 0.0, 100.0, lo_open=True, where=P)
-    top_k = get_int(params, "top_k", None, 0, None, where=P)
+    top_k = get_int(params, "top_k", None, 0, MAX_COUNT, where=P)
     top_p = get_float(params, "top_p", None, 0.0, 1.0, lo_open=True, where=P)
     # as TGI: greedy unless do_sample, or a setting that only matters when sampling
     sampling = (get_bool(params, "do_sample", False, where=P) or temperature not in (None, 1.0)

@@ -279,11 +279,13 @@ def test_health_is_503_until_loaded(checkpoint_dir, monkeypatch):
 def test_health_is_503_when_nothing_loads(tmp_path):
     (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 not really")
     c = create_app({"CHECKPOINTS": str(tmp_path), "LOAD": "sync"}).test_client()
-    r = c.get("/health")
-    assert r.status_code == 503 and r.json["status"] == "error"
-    assert "broken.npz" in r.json["error"]
-    r = create_app({"CHECKPOINTS": str(tmp_path / "none"), "LOAD": "sync"}).test_client().get(
-        "/health")
+    r = c.get("/health")  # public: no file names, no paths, no error text
+    assert r.status_code == 503 and r.json == {"status": "failed"}
+    r = c.get("/info")  # the details, behind the key when there is one
+    assert r.status_code == 503 and "broken.npz" in r.json["error"]
+    c = create_app({"CHECKPOINTS": str(tmp_path / "none"), "LOAD": "sync"}).test_client()
+    assert c.get("/health").json == {"status": "failed"}
+    r = c.get("/info")
     assert r.status_code == 503 and "does not exist" in r.json["error"]
 
 
@@ -333,5 +335,5 @@ def test_bad_configuration_is_refused(checkpoint_dir):
 
 
 def test_error_bodies_are_json_objects(client):
-    r = client.post("/generate", data="{", content_type="text/plain")
+    r = client.post("/generate", data="{", content_type="application/json")
     assert json.loads(r.data) == r.json and r.status_code == 400

@@ -293,7 +293,8 @@ def read_conf(env: dict[str, str]) -> dict:
 def test_gunicorn_config_follows_the_environment():
     conf = read_conf({"PORT": "5123", "WEB_CONCURRENCY": "3", "CHARLM_MAX_CONCURRENCY": "10"})
     assert conf["bind"] == ["0.0.0.0:5123"] and conf["workers"] == 3
-    assert conf["worker_class"] == "gthread" and conf["threads"] == 18  # above the cap
+    # gthread with deadlines on heads, bodies and writes (service/worker.py)
+    assert conf["worker_class"] == "service.worker.Worker" and conf["threads"] == 18
     assert conf["preload_app"] is False and conf["wsgi_app"] == "service:create_app()"
     assert conf["accesslog"] == "-" and conf["timeout"] >= 60
     assert conf["env"] == {"CHARLM_LOAD": "sync", "OMP_WAIT_POLICY": "PASSIVE",
@@ -326,7 +327,7 @@ def test_serve_env_and_argv(tmp_path):
     env = serve_env(tmp_path, max_concurrency=9, api_key="123", cors_origins="https://a.b",
                     default_model="m")
     assert env == {"CHARLM_CHECKPOINTS": str(tmp_path.resolve()),
-                   "CHARLM_MAX_CONCURRENCY": "9", "CHARLM_API_KEY": '"123"',
+                   "CHARLM_MAX_CONCURRENCY": "9", "CHARLM_API_KEY": "123",
                    "CHARLM_CORS_ORIGINS": '"https://a.b"', "CHARLM_DEFAULT_MODEL": '"m"'}
     argv = gunicorn_argv("127.0.0.1", 5000, 2, threads=7)
     assert argv[1:3] == ["-m", "gunicorn"]

@@ -101,5 +101,11 @@ def next_distribution(packed: PackedModel, prompt: str = "", temperature: float 
         probs = np.zeros_like(z)
         probs[np.argmax(z)] = 1.0
     else:
-        probs = np.exp(log_softmax(z / temperature))
+        with np.errstate(over="ignore"):
+            scaled = z / temperature
+            if not np.isfinite(scaled).all():
+                # a tiny temperature: from the largest logit down, the others go to -inf
+                # (whose exp is 0, the limit), never the largest to inf - inf = NaN
+                scaled = (z - z.max()) / temperature
+        probs = np.exp(log_softmax(scaled))
     return Distribution(probs, packed.itos, float(temperature))

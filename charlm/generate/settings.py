@@ -9,6 +9,7 @@ import numpy as np
 
 from charlm.errors import CharlmError
 from charlm.generate.draw import entropy
+from charlm.limits import MAX_INT64
 
 
 @dataclass(frozen=True)
@@ -30,18 +31,21 @@ class SampleSettings:
         t = self.temperature
         if not _is_real(t) or not math.isfinite(t) or t < 0:
             raise CharlmError(f"temperature must be a finite number >= 0, got {t!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
-            raise CharlmError(f"top_k must be an integer >= 0 (0 keeps all), got {self.top_k!r}")
+        # the kernels keep counts in int64: a larger one would overflow there, not here
+        if not _is_int(self.top_k) or not 0 <= self.top_k <= MAX_INT64:
+            raise CharlmError(f"top_k must be an integer in [0, 2**63) (0 keeps all), "
+                              f"got {self.top_k!r}")
         if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
             raise CharlmError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**64):
             raise CharlmError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
-        if not _is_int(self.max_new_chars) or self.max_new_chars < 0:
-            raise CharlmError(f"max_new_chars must be an integer >= 0, got {self.max_new_chars!r}")
+        if not _is_int(self.max_new_chars) or not 0 <= self.max_new_chars <= MAX_INT64:
+            raise CharlmError(f"max_new_chars must be an integer in [0, 2**63), "
+                              f"got {self.max_new_chars!r}")
         if not all(isinstance(s, str) and s for s in stop):
             raise CharlmError(f"stop strings must be non-empty strings, got {stop!r}")
-        if not _is_int(self.top_n) or self.top_n < 0:
-            raise CharlmError(f"top_n must be an integer >= 0, got {self.top_n!r}")
+        if not _is_int(self.top_n) or not 0 <= self.top_n <= MAX_INT64:
+            raise CharlmError(f"top_n must be an integer in [0, 2**63), got {self.top_n!r}")
 
 
 def _is_real(v: object) -> bool:
