@@ -121,14 +121,9 @@ def train(
     cfg.validate()
     model_cfg = config(ModelConfig, ctx.params)
     if resume is None:  # sizes are refused here, before a corpus is read
-        try:
-            model_cfg.validate()
-        except ValueError as e:
-            raise CharlmError(str(e)) from None
-        from charlm.limits import check_fits, shape, train_bytes
+        from charlm.train import check_trainable
 
-        check_fits(f"training a {shape(model_cfg)} at {cfg.batch_size} x {cfg.seq_len}",
-                   train_bytes(model_cfg, cfg.seq_len, cfg.batch_size))
+        check_trainable(model_cfg, cfg)
     from charlm.run import run_training
 
     # on --resume, options left at their defaults take the checkpoint's values

@@ -131,6 +131,17 @@ def get_lr(it: int, progress: float, cfg: TrainConfig) -> float:
     return min_lr + 0.5 * (cfg.lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def check_trainable(model_cfg: ModelConfig, cfg: TrainConfig) -> None:
+    """A one-line CharlmError if the model's config is invalid, or training it at cfg's batch
+    shape needs more memory than there is: checked before any array is allocated."""
+    try:
+        model_cfg.validate()
+    except ValueError as e:
+        raise CharlmError(str(e)) from None
+    check_fits(f"training a {shape(model_cfg)} at {cfg.batch_size} x {cfg.seq_len}",
+               train_bytes(model_cfg, cfg.seq_len, cfg.batch_size))
+
+
 class NonFiniteLossError(CharlmError):
     """A step's loss was NaN or infinite; the step left the parameters as they were."""
 
@@ -233,12 +244,7 @@ class Trainer:
         self.steps_per_epoch = max(1, (len(corpus.train) - 1) // (cfg.batch_size * cfg.seq_len))
         if resume is None:
             model_cfg = replace(model_cfg, vocab_size=self.vocab.vocab_size)  # not the caller's
-            try:
-                model_cfg.validate()
-            except ValueError as e:
-                raise CharlmError(str(e)) from None
-            check_fits(f"training a {shape(model_cfg)} at {cfg.batch_size} x {cfg.seq_len}",
-                       train_bytes(model_cfg, cfg.seq_len, cfg.batch_size))
+            check_trainable(model_cfg, cfg)
             self.model = CharLSTM(model_cfg, seed=cfg.seed)
             self.init_from: dict | None = None  # where the weights came from, when fine-tuning
             self.transplant = None
