@@ -1,6 +1,12 @@
-"""Fixtures for the service tests: two small random-weight checkpoints, the app and its client."""
+"""Fixtures for the service tests: two small random-weight checkpoints, the app and its client;
+and for the browser tests: Chromium (skipped where missing, unless CI requires it) and an app
+served on a loopback port."""
 
+import contextlib
 import json
+import os
+import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -59,3 +65,47 @@ def parse_sse(text: str) -> list:
 @pytest.fixture()
 def sse():
     return parse_sse
+
+
+CHROMIUM = os.environ.get("CHARLM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def missing() -> str | None:
+    """Why the browser test cannot run here, as one line naming what to install; or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the browser test needs playwright: pip install -e '.[test]'"
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return (f"the browser test needs Chromium at {CHROMIUM}: apt-get install chromium "
+                "(or set CHARLM_CHROMIUM to a Chromium binary)")
+    return None
+
+
+@pytest.fixture()
+def chromium() -> str:
+    """The browser binary; a skip where there is none, a failure where CI requires one."""
+    reason = missing()
+    if reason is not None:
+        if os.environ.get("CHARLM_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"CHARLM_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return CHROMIUM
+
+
+@contextlib.contextmanager
+def serve_in_thread(app) -> Iterator[str]:
+    """app on a free loopback port, in a thread, for the block; yields its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+        server.server_close()

@@ -5,39 +5,10 @@ Without Chromium (or playwright) the test skips, naming what to install. CI inst
 CHARLM_CHROMIUM points the test at another browser binary.
 """
 
-import os
 import re
-import threading
 
 import pytest
-from werkzeug.serving import make_server
-
-CHROMIUM = os.environ.get("CHARLM_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-def missing() -> str | None:
-    """Why the browser test cannot run here, as one line naming what to install; or None."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the browser test needs playwright: pip install -e '.[test]'"
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        return (f"the browser test needs Chromium at {CHROMIUM}: apt-get install chromium "
-                "(or set CHARLM_CHROMIUM to a Chromium binary)")
-    return None
-
-
-@pytest.fixture()
-def chromium() -> str:
-    """The browser binary; a skip where there is none, a failure where CI requires one."""
-    reason = missing()
-    if reason is not None:
-        if os.environ.get("CHARLM_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"CHARLM_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
-    return CHROMIUM
+from conftest import CHROMIUM_ARGS, serve_in_thread
 
 
 @pytest.fixture()
@@ -48,13 +19,8 @@ def base_url(checkpoint_dir):
 
     app = create_app({"CHECKPOINTS": str(checkpoint_dir), "LOAD": "sync", "TESTING": True,
                       "MAX_NEW_TOKENS": 1_000_000, "MAX_PROMPT_CHARS": 200})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
-    server.server_close()
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def test_playground_in_chromium(chromium, base_url, tmp_path):
@@ -62,7 +28,7 @@ def test_playground_in_chromium(chromium, base_url, tmp_path):
 
     errors: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=ARGS, headless=True)
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 1400})
             page.set_default_timeout(10_000)

@@ -3,18 +3,13 @@ a unit's name beside its number, and its eraser (forget gate) colouring the text
 
 import re
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
-from werkzeug.serving import make_server
+from conftest import CHROMIUM_ARGS, serve_in_thread
 
 from charlm import handmade
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SHIPPED = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
@@ -29,13 +24,8 @@ def base_url(tmp_path, checkpoint_dir):
     for name in ("handmade-reber.npz", "handmade-embedded-reber.npz"):
         shutil.copy(SHIPPED / name, served)
     app = create_app({"CHECKPOINTS": str(served), "LOAD": "sync", "TESTING": True})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=5)
-    server.server_close()
+    with serve_in_thread(app) as url:
+        yield url
 
 
 def alpha(colour: str) -> float:
@@ -44,11 +34,13 @@ def alpha(colour: str) -> float:
     return float(parts[3]) if colour.startswith("rgba") else 1.0
 
 
-def test_a_handmade_unit_in_the_cell_view(base_url, tmp_path):
+def test_a_handmade_unit_in_the_cell_view(chromium, base_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
     errors: list[str] = []
     names = handmade.build()[1]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1400})
             page.set_default_timeout(15_000)
