@@ -26,7 +26,7 @@ class ModelConfig:
     n_layer: int = 2  # stacked LSTM layers
     dropout: float = 0.1  # between layers and before the head, training only
     dtype: str = "float32"  # float64 for gradient checks
-    cell: str = "lstm"  # the recurrent cell: lstm | gru | rnn | peephole | coupled
+    cell: str = "lstm"  # the recurrent cell: see charlm.cells.CELLS
     forget_bias: float = 0.0  # the forget gate's bias at init: 0 learns faster, 1 remembers
 
     def validate(self) -> None:
@@ -108,6 +108,8 @@ class Workspace:
         self.dZ = np.empty((T, B, GH), dt)
         self.dH = np.empty((T, B, H), dt)
         self.outputs: list[np.ndarray] = []  # each layer's output as the next layer sees it
+        self.no_bias = np.zeros(GH, dt)  # the input's b, for cells that add b themselves
+        self.no_bias_grad = np.empty(GH, dt)
         for name in cell.buffers:  # the cell's own, per layer (the GRU's q_t and da_t)
             setattr(self, name, [np.empty((T, B, H), dt) for _ in range(L)])
 
@@ -142,11 +144,15 @@ class CharLSTM:
         k = 1.0 / np.sqrt(H)
         zero = {"by"} | {f"{e.name}{layer}" for e in cell.extras if e.init == "zero"
                          for layer in range(self.config.n_layer)}
+        one = {f"{e.name}{layer}" for e in cell.extras if e.init == "one"
+               for layer in range(self.config.n_layer)}
         for name, p in self.params.items():
             if name == "E":
                 p[:] = rng.standard_normal(p.shape)
             elif name in zero:
                 p[:] = 0
+            elif name in one:  # a normalisation's gain starts as the identity
+                p[:] = 1
             else:
                 p[:] = rng.uniform(-k, k, p.shape)
         forget = cell.forget
@@ -191,14 +197,14 @@ class CharLSTM:
         ws.idx[:] = idx.T
         N, H4 = T * B, ws.R.shape[1]  # 4H for an LSTM, blocks x H in general
         # x_t = E[idx_t], so x_t W0 + b0 is a row of the (V, 4H) table E W0 + b0
-        K.linear_forward(p["E"], p["W0"], p["b0"], ws.EW)
+        K.linear_forward(p["E"], p["W0"], self.bias_in(ws, 0), ws.EW)
         K.gather_rows(ws.EW, ws.idx.reshape(N), ws.Z[0].reshape(N, H4))
         ws.outputs = []
         for layer in range(self.config.n_layer):
             Z, Hs, Cs = ws.Z[layer], ws.Hs[layer], ws.Cs[layer]
             if layer > 0:
                 x = ws.outputs[-1].reshape(N, -1)
-                K.linear_forward(x, p[f"W{layer}"], p[f"b{layer}"], Z.reshape(N, H4))
+                K.linear_forward(x, p[f"W{layer}"], self.bias_in(ws, layer), Z.reshape(N, H4))
             Hs[0], Cs[0] = state.h[layer], state.c[layer]
             cell.forward(p, ws, layer)
             state.h[layer], state.c[layer] = Hs[T], Cs[T]
@@ -232,11 +238,23 @@ class CharLSTM:
             dZ = ws.dZ.reshape(N, -1)
             if layer > 0:
                 K.linear_backward(ws.outputs[layer - 1].reshape(N, H), p[f"W{layer}"], dZ,
-                                  ws.dH.reshape(N, H), d[f"W{layer}"], d[f"b{layer}"])
+                                  ws.dH.reshape(N, H), d[f"W{layer}"], self.dbias_in(ws, layer))
             else:
                 K.scatter_add_rows(dZ, ws.idx.reshape(N), ws.dEW)
-                K.linear_backward(p["E"], p["W0"], ws.dEW, d["E"], d["W0"], d["b0"])
+                K.linear_backward(p["E"], p["W0"], ws.dEW, d["E"], d["W0"], self.dbias_in(ws, 0))
         return float(loss)
+
+    def bias_in(self, ws: Workspace, layer: int) -> np.ndarray:
+        """b of the input's linear map x W + b: zeros for a cell that adds b itself (lnlstm)."""
+        if CELLS[self.config.cell].own_bias:
+            return ws.no_bias
+        return self.params[f"b{layer}"]
+
+    def dbias_in(self, ws: Workspace, layer: int) -> np.ndarray:
+        """Where the input's linear map leaves db: a cell that adds b itself filled db already."""
+        if CELLS[self.config.cell].own_bias:
+            return ws.no_bias_grad
+        return self.grads[f"b{layer}"]
 
     def activations(self, idx: np.ndarray, state: State | None = None) -> list[dict]:
         """What every layer computed at every step of idx (B, T), from state (default zero).

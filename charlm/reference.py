@@ -3,7 +3,7 @@
 Each cell's step, the forward pass over a window, backpropagation through time (LSTM) and a
 sampling loop in the style of nanoGPT's `generate`, in float64. The numba kernels compute the
 same things fast, and the tests check them against this file. It needs nothing but NumPy, and
-speaks the model's parameter names: E, W{l}, U{l}, b{l} (P{l}, bh{l}), Wy, by.
+speaks the model's parameter names: E, W{l}, U{l}, b{l} (P{l}, bh{l}, gx{l} ...), Wy, by.
 """
 
 import numpy as np
@@ -80,8 +80,37 @@ def rnn_step(p, layer, x, h, c):
     return np.tanh(x @ p[f"W{layer}"] + h @ p[f"U{layer}"] + p[f"b{layer}"]), c
 
 
+def mlstm_step(p, layer, x, h, c):
+    """Krause et al.'s multiplicative LSTM: the gates read m = (x W_m + b_m) ⊙ (h U_m), not h."""
+    H = h.shape[1]
+    W, U, b = p[f"W{layer}"], p[f"U{layer}"], p[f"b{layer}"]  # blocks i f g o m (5H)
+    m = (x @ W[:, 4 * H :] + b[4 * H :]) * (h @ U[:, 4 * H :])
+    z = x @ W[:, : 4 * H] + m @ U[:, : 4 * H] + b[: 4 * H]  # (B, 4H), blocks i f g o
+    i, f, o = sigmoid(z[:, :H]), sigmoid(z[:, H : 2 * H]), sigmoid(z[:, 3 * H :])
+    c = f * c + i * np.tanh(z[:, 2 * H : 3 * H])
+    return o * np.tanh(c), c
+
+
+def layer_norm(v, gain, shift=0.0, eps=1e-5):
+    """gain ⊙ (v - mean) / sqrt(var + eps) + shift, over the last axis."""
+    mu, var = v.mean(axis=-1, keepdims=True), v.var(axis=-1, keepdims=True)
+    return gain * (v - mu) / np.sqrt(var + eps) + shift
+
+
+def lnlstm_step(p, layer, x, h, c):
+    """Ba et al.'s layer-normalised LSTM: x W and h U normalised apart over their 4H, then + b;
+    the cell normalised over its H before its tanh (the carried c is the one before)."""
+    H = h.shape[1]
+    gx, gh = p[f"gx{layer}"].reshape(-1), p[f"gh{layer}"].reshape(-1)  # (4, H) -> (4H,)
+    z = (layer_norm(x @ p[f"W{layer}"], gx) + layer_norm(h @ p[f"U{layer}"], gh)
+         + p[f"b{layer}"])
+    i, f, o = sigmoid(z[:, :H]), sigmoid(z[:, H : 2 * H]), sigmoid(z[:, 3 * H :])
+    c = f * c + i * np.tanh(z[:, 2 * H : 3 * H])
+    return o * np.tanh(layer_norm(c, p[f"gc{layer}"], p[f"bc{layer}"])), c
+
+
 STEPS = {"lstm": lstm_step, "gru": gru_step, "rnn": rnn_step, "peephole": peephole_step,
-         "coupled": coupled_step}
+         "coupled": coupled_step, "mlstm": mlstm_step, "lnlstm": lnlstm_step}
 
 
 # --------------------------------------------------------------------------------------------

@@ -54,7 +54,8 @@ def _generation_kernels() -> None:
     w = GK.Weights(KIND["lstm"], np.zeros((V, 4 * H), f32), np.zeros((L, 1, 1, H, PANEL), f32),
                    np.zeros((L - 1, 1, 1, H, PANEL), f32), np.zeros((L - 1, 4 * H), f32),
                    np.zeros((L, 0, 0), f32), as_panels(np.zeros((H, V), f32)),
-                   np.zeros(V, f32), np.array([0, H], np.int64))
+                   np.zeros(V, f32), np.array([0, H], np.int64),
+                   np.zeros((L, 0, 0, PANEL), f32))
     s = GK.State(np.zeros(B, np.int64), np.zeros((B, L, H), f32), np.zeros((B, L, H), f32))
     d = GK.Draw(np.ones(B), np.zeros(B, np.int64), np.ones(B), np.zeros(B, np.uint64),
                 np.zeros(B, np.uint64))

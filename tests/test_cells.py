@@ -60,6 +60,8 @@ def test_shapes_and_initialisation():
     assert n["peephole"] - n["lstm"] == 2 * 3 * H
     assert n["lstm"] - n["gru"] == block - 2 * H
     assert n["gru"] - n["rnn"] == 2 * block + 2 * H
+    assert n["mlstm"] - n["lstm"] == block  # m's block: W_m, U_m, b_m
+    assert n["lnlstm"] - n["lstm"] == 2 * (4 * H + 4 * H + H + H)  # γ_x, γ_h, γ_c, β_c
     with pytest.raises(ValueError, match="cell must be one of lstm, gru, rnn, peephole"):
         ModelConfig(cell="transformer").validate()
 
@@ -134,7 +136,7 @@ def test_generation_follows_the_model(cell):
         assert tok.logprob == pytest.approx(np.log(ref[ITOS.index(tok.char)]), abs=1e-4)
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn", "peephole", "coupled"])
+@pytest.mark.parametrize("cell", ["gru", "rnn", "peephole", "coupled", "mlstm", "lnlstm"])
 def test_batched_threaded_equals_single_stream(cell):
     model = make_model(cell, n_hidden=40)
     solo = Generator(model, ITOS, threads=1)
@@ -151,7 +153,7 @@ def test_batched_threaded_equals_single_stream(cell):
     assert [got[k] for k in range(len(streams))] == expected
 
 
-@pytest.mark.parametrize("cell", ["gru", "peephole"])
+@pytest.mark.parametrize("cell", ["gru", "peephole", "mlstm", "lnlstm"])
 def test_checkpoint_round_trip(tmp_path, cell):
     model = make_model(cell)
     save_checkpoint(tmp_path / "m.npz", model, ITOS, {"step": 3})

@@ -20,10 +20,13 @@ def setup(nonzero_state: bool, dropout: bool, seed: int = 0, cell: str = "lstm")
     if nonzero_state:
         state.h[:] = rng.uniform(-0.9, 0.9, state.h.shape)
         state.c[:] = rng.standard_normal(state.c.shape)
-    if cell in ("gru", "peephole"):  # their extra parameters start at 0 or small: stir them
-        extra = [p for name, p in model.params.items() if name[:2] in ("bh", "P0", "P1")]
-        for p in extra:
-            p[:] = rng.uniform(-0.5, 0.5, p.shape)
+    # the extra parameters start at 0, 1 or small, and b at 0: stir them
+    extras = {f"{e.name}{layer}" for e in CELLS[cell].extras for layer in range(CFG.n_layer)}
+    for name, p in model.params.items():
+        if name in extras:
+            p[:] += rng.uniform(-0.5, 0.5, p.shape)
+        elif cell in ("mlstm", "lnlstm") and name[0] == "b" and name != "by":
+            p[:] = rng.uniform(-0.5, 0.5, p.shape)  # b_m, and b added after normalisation
     masks = None
     if dropout:
         masks = [m.copy() for m in model.sample_masks(model.workspace(T, B), rng)]

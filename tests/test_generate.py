@@ -293,7 +293,7 @@ def test_batched_equals_single_stream(model, threads):
     assert reasons[3] == "stop"
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "mlstm", "lnlstm"])
 def test_a_prompt_read_apart_continues_as_one_read_in_the_batch(cell):
     model = make_model(cell=cell)
     packed = PackedModel(model, ITOS, threads=2)

@@ -103,6 +103,10 @@ def make_model(cell: str, seed: int = 0) -> CharLSTM:
                       cell=cell)
     model = CharLSTM(cfg, seed=seed)
     model.theta[:] = np.random.default_rng(seed).uniform(-1, 1, model.n_params) / np.sqrt(20) * 2
+    for e in CELLS[cell].extras:  # a normalisation's gains about 1, as at init
+        if e.init == "one":
+            for layer in range(cfg.n_layer):
+                model.params[f"{e.name}{layer}"] += 1
     return model
 
 

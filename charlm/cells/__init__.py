@@ -8,13 +8,13 @@ and to cell_step below.
 
 import numba as nb
 
-from charlm.cells import coupled, gru, lstm, peephole, rnn
+from charlm.cells import coupled, gru, lnlstm, lstm, mlstm, peephole, rnn
 from charlm.cells.cell import Cell, Extra
 from charlm.kernels import MATVEC
 
 # the order is the cells' number in generation's step kernel (cell_step's kind)
 CELLS: dict[str, Cell] = {c.name: c for c in (lstm.CELL, gru.CELL, rnn.CELL, peephole.CELL,
-                                                coupled.CELL)}
+                                                coupled.CELL, mlstm.CELL, lnlstm.CELL)}
 KIND = {name: k for k, name in enumerate(CELLS)}
 
 __all__ = ["CELLS", "KIND", "Cell", "Extra", "cell_step"]
@@ -36,5 +36,9 @@ def cell_step(kind, z, P, h, c, h_new, u0, u1):
         rnn.rnn_step(z, P, h, c, h_new, u0, u1)
     elif kind == 3:
         peephole.peephole_step(z, P, h, c, h_new, u0, u1)
-    else:
+    elif kind == 4:
         coupled.coupled_step(z, P, h, c, h_new, u0, u1)
+    elif kind == 5:
+        mlstm.mlstm_step(z, P, h, c, h_new, u0, u1)
+    else:
+        lnlstm.lnlstm_step(z, P, h, c, h_new, u0, u1)

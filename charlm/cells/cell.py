@@ -12,7 +12,7 @@ class Extra:
 
     name: str  # the tensor of layer l is called f"{name}{l}"
     rows: int  # shape (rows, H), or (H,) for rows = 0
-    init: str  # "uniform" (as the weights) or "zero"
+    init: str  # "uniform" (as the weights), "zero" or "one" (a normalisation's gain)
 
     def shape(self, H: int) -> tuple[int, ...]:
         return (self.rows, H) if self.rows else (H,)
@@ -44,5 +44,23 @@ class Cell:
     buffers: tuple[str, ...] = ()
     # gates that are functions of others, for activations (coupled: i = 1 - f)
     derived: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
+    # the cell adds b itself, after normalising x W (lnlstm): the input's linear map goes
+    # without it, and the cell's backward fills db
+    own_bias: bool = False
+    # the gates read m = (x W_m + b_m) ⊙ (h U_m) instead of h (mlstm): W, b and U have one
+    # block more than the gates, the last, and U's first blocks multiply m, its last h
+    multiplicative: bool = False
+    # its step needs the whole of a layer between products (m before m U; a normalisation's
+    # statistics), so generation runs each layer in one part (streams still run in groups)
+    whole_layer: bool = False
     torch: str | None = None  # torch.nn's module of the same cell, if it has one
     doc: str = field(default="", compare=False)  # one line for --help
+
+
+def scratch(ws, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A workspace array of the cell's own, allocated on first use and kept on ws."""
+    a = getattr(ws, name, None)
+    if a is None or a.shape != shape:
+        a = np.empty(shape, ws.dh.dtype)
+        setattr(ws, name, a)
+    return a

@@ -22,6 +22,7 @@ import numba as nb
 import numpy as np
 
 from charlm.cells import cell_step
+from charlm.cells.mlstm import mlstm_multiply
 from charlm.generate.draw import EXACT, draw, uniform
 from charlm.generate.gemm import add_rows
 from charlm.kernels import MATVEC
@@ -39,6 +40,7 @@ class Weights(NamedTuple):
     Wy: np.ndarray  # (n_panels, H, 16) the head's weights as panels
     by: np.ndarray  # (V,) the head's bias
     bounds: np.ndarray  # (parts+1,) unit boundaries of the parts (packing.unit_bounds)
+    Um: np.ndarray  # (L, n_panels, H, 16) mlstm's U_m (h -> m) as panels; (L, 0, 0, 16) else
 
 
 class State(NamedTuple):
@@ -98,7 +100,10 @@ def advance(w, layer, part, s, h_new, z):
         z^0 = (E W_0 + b_0)[x] + h^0 U_0  \qquad  z^l = b_l + h^{l-1}_{new} W_l + h^l U_l
 
     then the cell (charlm.cells.cell_step). A cell that keeps h U apart from x W + b (the
-    GRU, whose candidate needs the two apart) has z twice as wide: h U goes in its second half.
+    GRU, whose candidate needs the two apart; lnlstm, which normalises them apart) has z twice
+    as wide: h U goes in its second half. The multiplicative LSTM's gates read
+    m = (x W_m + b_m) ⊙ (h U_m) instead of h: its z holds the gates (4H), then x W_m + b_m,
+    where m is formed, then h U_m, and it runs as one part (m is needed whole).
     Reads s.h (the old state, every unit) and h_new[:, layer-1] (the layer below, complete);
     writes only this part's columns of z and units of s.c and h_new, so the parts of a layer
     can run concurrently. The sums of a stream without an input are computed too, and left
@@ -107,13 +112,22 @@ def advance(w, layer, part, s, h_new, z):
     """
     u0, u1 = w.bounds[part], w.bounds[part + 1]
     GH = w.EW.shape[1]
-    G = GH // s.h.shape[2]  # gate blocks: 4 for an LSTM
+    H = s.h.shape[2]
+    G = GH // H  # blocks of the input part: 4 for an LSTM
     j0, j1 = G * u0, G * u1
     add_input(w, layer, part, s.x, h_new, z, j0, j1)
-    r0 = GH if z.shape[1] > GH else 0  # where h U accumulates
-    if r0:
-        z[:, r0 + j0 : r0 + j1] = 0
-    add_rows(s.h[:, layer], w.U[layer, part], z, r0 + j0, j1 - j0)
+    if w.Um.shape[1] > 0:
+        # mlstm (one part, the whole layer): m = (x W_m + b_m) ⊙ (h U_m), then z += m U
+        z[:, GH : GH + H] = 0
+        add_rows(s.h[:, layer], w.Um[layer], z, GH, H)
+        for n in range(s.x.shape[0]):
+            mlstm_multiply(z[n], H)
+        add_rows(z[:, GH - H : GH], w.U[layer, part], z, 0, GH - H)
+    else:
+        r0 = GH if z.shape[1] > GH else 0  # where h U accumulates
+        if r0:
+            z[:, r0 + j0 : r0 + j1] = 0
+        add_rows(s.h[:, layer], w.U[layer, part], z, r0 + j0, j1 - j0)
     for n in range(s.x.shape[0]):
         if s.x[n] >= 0:
             cell_step(w.kind, z[n], w.P[layer], s.h[n, layer], s.c[n, layer], h_new[n, layer],

@@ -126,20 +126,34 @@ class PackedModel:
             threads = default_threads(nbytes)
         if not isinstance(threads, numbers.Integral) or threads < 1:
             raise CharlmError(f"threads must be an integer >= 1, got {threads!r}")
-        self.threads = int(threads)
+        # mlstm and lnlstm need a layer's whole vector between products: one part a layer
+        self.threads = 1 if cell.whole_layer else int(threads)
         bounds = unit_bounds(H, self.threads)
         p = {name: w.astype(np.float32) for name, w in model.params.items()}
-        perm = block_columns(H, G)
-        U = np.stack([pack_panels(p[f"U{l}"][:, perm], bounds, G) for l in range(L)])
+        # mlstm: U's last block (U_m, h -> m) is a product of its own, W's last block (W_m)
+        # rides along with the gates' input parts, its columns after theirs in unit order
+        Gz = G - 1 if cell.multiplicative else G  # the gate blocks
+        perm = block_columns(H, Gz)
+        perm_in = np.concatenate([perm, np.arange(Gz * H, G * H)])
+        # a cell that adds b itself (lnlstm) gets it with its extra tensors instead
+        bias = {l: (np.zeros(G * H, np.float32) if cell.own_bias else p[f"b{l}"])
+                for l in range(L)}
+        U = np.stack([pack_panels(p[f"U{l}"][:, perm], bounds, Gz) for l in range(L)])
+        Um = np.stack([as_panels(p[f"U{l}"][:, Gz * H :]) if cell.multiplicative
+                       else np.zeros((0, 0, PANEL), np.float32) for l in range(L)])
         # layers above the first: input weights and biases (none for a single layer)
-        W = np.zeros((L - 1, *U.shape[1:]), np.float32)
+        Ws = [pack_panels(p[f"W{l}"][:, perm_in], bounds, G) for l in range(1, L)]
+        W = np.stack(Ws) if Ws else np.zeros((0, *U.shape[1:]), np.float32)
         b = np.zeros((L - 1, G * H), np.float32)
         for l in range(1, L):
-            W[l - 1] = pack_panels(p[f"W{l}"][:, perm], bounds, G)
-            b[l - 1] = p[f"b{l}"][perm]
+            b[l - 1] = bias[l][perm_in]
         # the cell's extra tensors per unit, row after row: the peepholes, the GRU's b_hn
-        rows = [[p[f"{e.name}{l}"].reshape(-1, H) for e in cell.extras] for l in range(L)]
-        n_rows = sum(max(e.rows, 1) for e in cell.extras)
+        # (lnlstm: b first, then its gains and the cell's shift)
+        rows = []
+        for l in range(L):
+            own = [p[f"b{l}"].reshape(-1, H)] if cell.own_bias else []
+            rows.append(own + [p[f"{e.name}{l}"].reshape(-1, H) for e in cell.extras])
+        n_rows = sum(r.shape[0] for r in rows[0])
         P = np.zeros((L, n_rows, H if n_rows else 0), np.float32)
         for l in range(L):
             if n_rows:
@@ -147,12 +161,14 @@ class PackedModel:
         self.weights = GK.Weights(
             KIND[cfg.cell],
             # x_t = E[idx], so layer 0's input part x_t W0 + b0 is a row of E W0 + b0
-            np.ascontiguousarray((p["E"] @ p["W0"] + p["b0"])[:, perm]),
-            U, W, b, P, as_panels(p["Wy"]), np.ascontiguousarray(p["by"]), bounds)
+            np.ascontiguousarray((p["E"] @ p["W0"] + bias[0])[:, perm_in]),
+            U, W, b, P, as_panels(p["Wy"]), np.ascontiguousarray(p["by"]), bounds, Um)
         # per stream: cell-state units (gru and rnn keep none), and the step's accumulators z
-        # (a cell that keeps h U apart from x W + b needs twice the gate columns)
+        # (a cell that keeps h U apart from x W + b needs twice the gate columns; mlstm's
+        # x W_m + b_m and h U_m need H columns each beside the gates')
         self.c_units = H if cell.has_c else 0
-        self.z_width = (2 if cell.split_recurrent else 1) * G * H
+        self.z_width = ((2 if cell.split_recurrent else 1) * Gz * H
+                        + (2 * H if cell.multiplicative else 0))
 
     @property
     def vocab_size(self) -> int:
