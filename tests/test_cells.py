@@ -11,7 +11,7 @@ import pytest
 
 from charlm.checkpoint import load_checkpoint, save_checkpoint
 from charlm.generate import Batch, Generator, PackedModel, SampleSettings
-from charlm.model import CELLS, CharLSTM, ModelConfig, param_shapes
+from charlm.model import CELLS, CharLSTM, ModelConfig, State, param_shapes
 from charlm.reference import forward
 
 ITOS = list("\n !',.:;?abcdefghijklmnopqrstuvwxyz")
@@ -255,3 +255,45 @@ def test_the_command_line_offers_what_the_registry_holds():
         assert f"{name}, {cell.doc}" in " ".join(out.split())
     r = CliRunner().invoke(app, ["train", "--cell", "lstmx", "--max-steps", "1"])
     assert r.exit_code == 2 and "lstmx" in r.output
+
+
+def test_mlstm_gates_see_the_state_only_through_m():
+    """With x W_m + b_m = 0 for every character, m = 0 and the gates ignore h_{t-1}: the
+    output of a window no longer depends on the state it starts from (and does otherwise)."""
+    model = make_model("mlstm", dtype="float64")
+    H, idx = 20, encode(PROMPT)
+    rng = np.random.default_rng(5)
+    h, c = rng.uniform(-0.9, 0.9, (2, 2, 1, H))
+
+    def from_state(h, c):
+        return model.forward(idx, State(h.copy(), c.copy())).logits.copy()
+
+    assert not np.allclose(from_state(h, c), from_state(np.zeros_like(h), c))
+    for layer in range(2):
+        model.params[f"W{layer}"][:, 4 * H :] = 0
+        model.params[f"b{layer}"][4 * H :] = 0
+    # c still carries over (f c_{t-1}), so compare with the same c and another h
+    np.testing.assert_allclose(from_state(h, c), from_state(np.zeros_like(h), c), rtol=1e-13)
+
+
+def test_lnlstm_is_invariant_to_the_scale_of_its_products():
+    """Layer normalisation: scaling W or U of a layer by a positive factor leaves every output
+    as it was (up to epsilon's share of the variance); scaling a gain does not."""
+    model = make_model("lnlstm", dtype="float64")
+    idx = encode(PROMPT)
+
+    def logits():
+        return model.forward(idx, model.zero_state(1)).logits.copy()
+
+    before = logits()
+    for name in ("W0", "U0", "W1", "U1"):
+        model.params[name] *= 7.0
+    np.testing.assert_allclose(logits(), before, rtol=1e-3, atol=1e-4)
+    model.params["gc1"] *= 0.5  # but the gains are not normalised away
+    assert not np.allclose(logits(), before, rtol=1e-3, atol=1e-4)
+
+
+def test_whole_layer_cells_generate_in_one_part():
+    for cell in CELLS:
+        packed = PackedModel(make_model(cell, n_hidden=40), ITOS, threads=2)
+        assert packed.threads == (1 if CELLS[cell].whole_layer else 2), cell
