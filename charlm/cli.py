@@ -66,8 +66,8 @@ def train(
                                            help="Dropout between layers and before the head.")
                        ] = ModelConfig.dropout,
     forget_bias: Annotated[float, typer.Option(
-        help="The forget gate's bias at init (lstm, peephole, coupled): 0 learns faster in "
-             "runs of minutes; 1 remembers from the start.")] = ModelConfig.forget_bias,
+        help="The forget gate's bias at init (the LSTMs: all cells but gru and rnn): 0 learns "
+             "faster in runs of minutes; 1 remembers from the start.")] = ModelConfig.forget_bias,
     seq_len: Annotated[int, typer.Option(min=1, help="Characters per window (BPTT length).")
                        ] = TrainConfig.seq_len,
     batch_size: Annotated[int, typer.Option(min=1, help="Parallel streams through the text.")

@@ -139,7 +139,8 @@ class CharLSTM:
 
     def init_params(self, rng: np.random.Generator) -> None:
         """Uniform(+-1/sqrt(H)) weights as torch's nn.LSTM, N(0, 1) embedding, zero biases
-        but the forget gate's, which is forget_bias (lstm, peephole, coupled)."""
+        but the forget gate's, which is forget_bias (every cell but gru and rnn); the gains
+        of a normalisation (lnlstm's) start at 1."""
         H, cell = self.config.n_hidden, CELLS[self.config.cell]
         k = 1.0 / np.sqrt(H)
         zero = {"by"} | {f"{e.name}{layer}" for e in cell.extras if e.init == "zero"
