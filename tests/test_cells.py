@@ -297,3 +297,14 @@ def test_whole_layer_cells_generate_in_one_part():
     for cell in CELLS:
         packed = PackedModel(make_model(cell, n_hidden=40), ITOS, threads=2)
         assert packed.threads == (1 if CELLS[cell].whole_layer else 2), cell
+
+
+@pytest.mark.parametrize("cell", [c for c in CELLS if CELLS[c].whole_layer])
+@pytest.mark.parametrize("n_layer, n_hidden", [(1, 20), (3, 40), (2, 33)])
+def test_whole_layer_cells_generate_at_any_depth(cell, n_layer, n_hidden):
+    """One layer (no input weights above the first), three, and a width of no whole panels."""
+    model = make_model(cell, n_hidden=n_hidden, n_layer=n_layer)
+    gen = Generator(model, ITOS, threads=2)
+    for prompt in ("a", PROMPT):
+        np.testing.assert_allclose(gen.distribution(prompt).probs, reference_probs(model, prompt),
+                                   rtol=1e-4, atol=1e-7)
