@@ -89,7 +89,7 @@ def test_other_cells_get_their_values_and_gates(tmp_path):
     from service import create_app
 
     gates = {"peephole": ["i", "f", "o"], "coupled": ["i", "f", "o"], "gru": ["r", "z"],
-             "rnn": []}
+             "rnn": [], "mlstm": ["i", "f", "o"], "lnlstm": ["i", "f", "o"]}
     for cell in [c for c in CELLS if c != "lstm"]:
         model = CharLSTM(ModelConfig(vocab_size=3, n_embd=4, n_hidden=5, n_layer=1, cell=cell))
         save_checkpoint(tmp_path / f"{cell}.npz", model, list("ab\n"), {"step": 1})
