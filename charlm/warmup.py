@@ -10,8 +10,8 @@ import numba as nb
 import numpy as np
 
 from charlm.cells import KIND
+from charlm.gemm import PANEL, as_panels
 from charlm.generate import kernels as GK
-from charlm.generate.gemm import PANEL, as_panels
 from charlm.model import CharLSTM, ModelConfig
 from charlm.optim import OPTIMIZERS
 from charlm.train import train_step

@@ -22,8 +22,8 @@ import numba as nb
 import numpy as np
 
 from charlm.cells import cell_step
+from charlm.gemm import add_rows
 from charlm.generate.draw import EXACT, draw, uniform
-from charlm.generate.gemm import add_rows
 from charlm.kernels import MATVEC
 
 

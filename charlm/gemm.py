@@ -1,4 +1,8 @@
-"""The GEMM of generation: z += X M for a batch of streams, M stored as 16-column panels.
+"""The small GEMM of the recurrent loops: z += X M for a batch of streams, M stored as panels.
+
+Generation runs it for every layer of every step; training for h_{t-1} U and dz_t U^T inside
+the time loops (matmul), where BLAS would pack U afresh at every step: the panels are packed
+once per window instead (as_panels_into).
 
 A step of B streams multiplies a (B, K) block of inputs by each (K, G H) weight matrix. Written
 as numba loops, every pass over k loads and stores the accumulators z from memory: numba
@@ -33,7 +37,7 @@ import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from charlm.kernels import MATVEC
 
@@ -69,7 +73,7 @@ def microkernel(typingctx, X, Mp, z):
     Parameters
     ----------
     X : (R, K) float32 inputs, any strides.
-    Mp : (Q, K, 16) float32 panels, each C-contiguous (a slice of pack_panels' output).
+    Mp : (Q, K, 16) float32 panels, each C-contiguous (a slice of as_panels_into' output).
     z : (R, 16 Q) float32 accumulators, contiguous along each row.
 
     (R, Q) must be one of SHAPES (micro_shape gives one); any other shape does nothing.
@@ -225,3 +229,37 @@ def add_rows(X, Mp, z, j0, width):
                 for k in range(K):
                     acc = fma(X[n, k], M[k, j], acc)
                 z[n, c0 + j] = acc
+
+
+@nb.njit(cache=True, nogil=True)
+def as_panels_into(M, Mp):
+    """as_panels into a buffer: Mp[p, k, j] = M[k, PANEL p + j], zeros past M's columns.
+
+    M may be any 2-D view (training packs U^T as U.T). A buffer of zero panels (float64 models,
+    which do not use panels) is left as it is.
+    """
+    K, W = M.shape
+    for p in range(Mp.shape[0]):
+        for k in range(K):
+            for j in range(PANEL):
+                col = PANEL * p + j
+                Mp[p, k, j] = M[k, col] if col < W else 0
+
+
+def matmul(X, M, Mp, Y):
+    """Y = X M for the time loops of training, with M's panels Mp (as_panels_into) in float32."""
+    np.dot(X, M, Y)
+
+
+@overload(matmul, jit_options=MATVEC)
+def _matmul_overload(X, M, Mp, Y):
+    if isinstance(X, types.Array) and X.dtype == types.float32:
+        # the micro-kernel reads the panels packed once per window; BLAS (sgemm) would pack
+        # all of M again at every step, which costs about as much as the product at B = 32
+        def matmul_panels(X, M, Mp, Y):
+            Y[:] = 0
+            add_rows(X, Mp, Y, 0, Y.shape[1])
+
+        return matmul_panels
+    # float64 is for gradient checks: BLAS's dgemm
+    return lambda X, M, Mp, Y: np.dot(X, M, Y)
