@@ -98,10 +98,15 @@ def bench_train(
     rounds: Annotated[int, typer.Option(min=1, help="Interleaved measurement rounds.")
                       ] = train_bench.ROUNDS,
     cells: Annotated[str, typer.Option(help="Comma-separated cells to time.")] = ",".join(CELLS),
+    default_shape: Annotated[bool, typer.Option(
+        help="Also time `charlm train`'s default shape (2x512, embedding 64, 32 x 100).")
+                             ] = True,
 ) -> None:
-    """chars/s of full training steps at 2x128 and 2x512 per cell, and the ratio to torch."""
-    train_bench.run_train_bench(batch=batch, seq_len=seq_len, rounds=rounds, json_out=json_out,
-                                 profile=profile, cells=cell_list(cells))
+    """chars/s of full training steps at 2x128 and 2x512 per cell and at the default training
+    shape, the ratio to torch, and the fraction of this machine's sgemm peak."""
+    shapes = train_bench.shapes_for(batch, seq_len, default_shape=default_shape)
+    train_bench.run_train_bench(rounds=rounds, json_out=json_out, profile=profile,
+                                 shapes=shapes, cells=cell_list(cells))
 
 
 @bench_app.command("sample")
