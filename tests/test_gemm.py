@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from charlm.gemm import (
+    MAX_ROWS,
     PANEL,
     SHAPES,
     add_rows,
@@ -109,8 +110,9 @@ def test_the_micro_kernel_is_its_definition_on_every_shape():
 
 
 def test_a_shape_it_was_not_compiled_for_leaves_z_alone():
-    z = np.ones((7, PANEL), np.float32)  # 7 streams: no compiled shape has that many
-    run_microkernel(np.ones((7, 3), np.float32), np.ones((1, 3, PANEL), np.float32), z)
+    r = MAX_ROWS + 1  # no compiled shape has that many streams
+    z = np.ones((r, PANEL), np.float32)
+    run_microkernel(np.ones((r, 3), np.float32), np.ones((1, 3, PANEL), np.float32), z)
     assert (z == 1).all()
 
 
