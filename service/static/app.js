@@ -749,11 +749,16 @@ async function init() {
   });
   $("stop").addEventListener("click", stop);
   const out = $("output");
-  // a touch screen points by tapping: its emulated mouse (which Chromium moves again after a
-  // scroll, over whatever is now under the finger) must not point elsewhere
+  // the mouse points when it moves. After a scroll Chromium sends a mouse event where the
+  // pointer rests, over whatever the scroll put there: that one (same place) must not undo the
+  // arrow keys' choice, nor, on a touch screen, the tap's
   out.addEventListener("touchstart", () => { state.touch = true; }, { passive: true });
-  out.addEventListener("mouseover", (e) => {
-    if (!state.touch && e.target.dataset.i) point(+e.target.dataset.i);
+  out.addEventListener("mousemove", (e) => {
+    if (state.touch || (e.clientX === state.mouseX && e.clientY === state.mouseY)) return;
+    state.mouseX = e.clientX;
+    state.mouseY = e.clientY;
+    const k = e.target.dataset.i === undefined ? null : +e.target.dataset.i;
+    if (k !== null && k !== state.pointed) point(k);
   });
   out.addEventListener("click", (e) => { if (e.target.dataset.i) point(+e.target.dataset.i); });
   out.addEventListener("keydown", outputKeys);
