@@ -485,7 +485,7 @@ def test_activations_floods_meet_the_slot_cap(server):
             assert_json_error(status, headers, body, 429, "overloaded")
         else:
             out = strict_json(body)
-            assert out["n_layer"] == 2 and len(out["chars"]) == 488
+            assert out["n_layer"] == 2 and len(out["text"]) == 488
     grown = max(a - b for a, b in zip(after, before, strict=True)) / 1024
     assert grown < 300, (before, after)  # MiB: a few answers at a time, not sixty
     print(f"60 /activations at once: {counts}; a stream's first byte after "
