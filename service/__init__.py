@@ -35,6 +35,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         # writes each character at once): 5 ms cost 10 us of CPU per character at 32 streams
         COALESCE_MS=20,
         COMPRESS_MIN_BYTES=1024,  # answers shorter than this go uncompressed
+        LOG_FORMAT="text",  # gunicorn's access log: "text" or "json" (service/accesslog.py)
     )
     if test_config is None:
         app.config.from_prefixed_env("CHARLM")
@@ -107,6 +108,8 @@ def normalize(cfg: dict) -> None:
     if cfg["UNKNOWN_CHARS"] not in ("error", "drop"):
         raise CharlmError(f"CHARLM_UNKNOWN_CHARS must be error or drop, "
                           f"got {cfg['UNKNOWN_CHARS']!r}")
+    if cfg["LOG_FORMAT"] not in ("text", "json"):
+        raise CharlmError(f"CHARLM_LOG_FORMAT must be text or json, got {cfg['LOG_FORMAT']!r}")
     if cfg["LOAD"] not in ("background", "sync"):
         raise CharlmError(f"CHARLM_LOAD must be background or sync, got {cfg['LOAD']!r}")
     if cfg["DEFAULT_NEW_TOKENS"] > cfg["MAX_NEW_TOKENS"]:
