@@ -213,7 +213,8 @@ def score_prompts(req: CompletionRequest) -> list[Scored] | None:
     if not (req.echo and req.logprobs):
         return None
     drop = current_app.config["UNKNOWN_CHARS"] == "drop"
-    return [score(req.served, p, req.settings.top_n, drop) for p in req.prompts]
+    model = req.served.ckpt.model()  # one for the request's prompts, on this thread only
+    return [score(req.served, p, req.settings.top_n, drop, model) for p in req.prompts]
 
 
 def choice(req: CompletionRequest, i: int, run: Run | None, scored: list[Scored] | None) -> dict:

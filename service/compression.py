@@ -56,7 +56,8 @@ def gzip_stream(chunks: Iterable[bytes], inner: object) -> Iterator[bytes]:
 def init_app(app: Flask) -> None:
     @app.after_request
     def compress(resp: Response) -> Response:
-        if request.method == "HEAD" or resp.status_code < 200 or resp.status_code in (204, 304):
+        if (request.method == "HEAD" or not 200 <= resp.status_code < 300
+                or resp.status_code in (204, 206)):  # a range's bytes are of the plain file
             return resp
         resp.vary.add("Accept-Encoding")
         if ("Content-Encoding" in resp.headers or resp.mimetype not in TYPES
@@ -72,4 +73,8 @@ def init_app(app: Flask) -> None:
             resp.set_data(zlib.compress(data, LEVEL, wbits=16 + zlib.MAX_WBITS))
         resp.direct_passthrough = False
         resp.headers["Content-Encoding"] = "gzip"
+        etag, weak = resp.get_etag()
+        if etag and not weak:
+            # the same content in another encoding: a weak validator still matches it
+            resp.set_etag(etag, weak=True)
         return resp

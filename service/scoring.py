@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from charlm.model import CharLSTM
+
 from .models import Served
 
 
@@ -27,8 +29,12 @@ class Scored(NamedTuple):
     top: list[list[tuple[str, float]] | None]  # top_n alternatives, most probable first
 
 
-def score(served: Served, text: str, top_n: int = 0, drop_unknown: bool = False) -> Scored:
-    """Per-character log-probabilities of text under the model (the caller bounds its length)."""
+def score(served: Served, text: str, top_n: int = 0, drop_unknown: bool = False,
+          model: CharLSTM | None = None) -> Scored:
+    """Per-character log-probabilities of text under the model (the caller bounds its length).
+
+    model: served's model, to reuse over several texts on one thread (one is made if None).
+    """
     packed = served.packed
     kept = [k for k, ch in enumerate(text) if ch in packed.stoi] if drop_unknown else None
     ids = packed.encode(text, drop_unknown)
@@ -37,8 +43,9 @@ def score(served: Served, text: str, top_n: int = 0, drop_unknown: bool = False)
     T = len(ids)
     if T < 2:
         return Scored(chars, ids.tolist(), offsets, [None] * T, [None] * T)
-    # a model of its own per request: forward() reuses workspaces, so it is not shared
-    model = served.ckpt.model()
+    if model is None:
+        # a model of its own per request: forward() reuses workspaces, so it is not shared
+        model = served.ckpt.model()
     ws = model.forward(ids[None, :-1], model.zero_state(1))
     z = ws.logits.astype(np.float64)  # (T-1, V): row t predicts character t+1
     z -= z.max(axis=1, keepdims=True)

@@ -340,3 +340,44 @@ def test_gzip_streams_flush_each_event(base_url):
     assert len(events) == 40 and events[-1]["details"]["generated_tokens"] == 40
     assert "".join(e["token"]["text"] for e in events) == events[-1]["generated_text"]
     assert not math.isnan(events[0]["token"]["logprob"])
+
+
+def test_gzip_leaves_ranges_alone_and_weakens_etags(client):
+    def get(path, **headers):
+        with client.get(path, headers=headers) as r:
+            return r.status_code, r.data, r.headers
+
+    path = "/playground/app.js"
+    _, plain, plain_headers = get(path)
+    assert len(plain) >= 1024
+    status, data, headers = get(path, **{"Accept-Encoding": "gzip"})
+    assert status == 200 and headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(data) == plain
+    assert headers["ETag"] == "W/" + plain_headers["ETag"]
+    assert get(path, **{"Accept-Encoding": "gzip", "If-None-Match": headers["ETag"]})[0] == 304
+    status, data, headers = get(path, **{"Accept-Encoding": "gzip", "Range": "bytes=0-9"})
+    assert status == 206 and data == plain[:10] and "Content-Encoding" not in headers
+
+
+def test_bad_log_format_is_refused_by_the_app(checkpoint_dir):
+    from charlm.errors import CharlmError
+    from service import create_app
+
+    with pytest.raises(CharlmError, match="CHARLM_LOG_FORMAT must be text or json"):
+        create_app({"CHECKPOINTS": str(checkpoint_dir), "LOG_FORMAT": "xml"})
+
+
+def test_dropped_characters_are_not_scored(checkpoint_dir):
+    from service import create_app
+
+    app = create_app({"CHECKPOINTS": str(checkpoint_dir), "LOAD": "sync",
+                      "UNKNOWN_CHARS": "drop"})
+    c = app.test_client()
+    lp = c.post("/v1/completions", json={"prompt": "ab\u4e16c", "max_tokens": 0, "echo": True,
+                                         "logprobs": 0}).json["choices"][0]["logprobs"]
+    assert lp["tokens"] == ["a", "b", "c"] and lp["text_offset"] == [0, 1, 3]
+    plain = c.post("/v1/completions", json={"prompt": "abc", "max_tokens": 0, "echo": True,
+                                            "logprobs": 0}).json["choices"][0]["logprobs"]
+    assert lp["token_logprobs"] == plain["token_logprobs"]
+    toks = c.post("/tokenize", json={"inputs": "ab\u4e16c"}).json
+    assert [(t["text"], t["start"]) for t in toks] == [("a", 0), ("b", 1), ("c", 3)]
