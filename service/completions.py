@@ -60,10 +60,8 @@ class CompletionRequest:
 def get_prompts(body: dict) -> list[str]:
     """`prompt`: a string or a list of strings (each one a batch's prompt)."""
     prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return [prompt]
     if not isinstance(prompt, list):
-        get_str(body, "prompt")  # the same message as every other string field
+        return [get_str(body, "prompt")]  # the checks, and messages, of every string field
     if not prompt:
         raise validation("`prompt` is an empty list; send a string or a list of strings")
     if not all(isinstance(p, str) for p in prompt):
@@ -150,7 +148,7 @@ def joined(a: dict | None, b: dict) -> dict:
     return b if a is None else {k: a[k] + b[k] for k in b}
 
 
-class Batch:
+class Streams:
     """A request's completions: a Run per prompt and copy (choice prompt_i * n + j), started
     together on the model's engine, each with a slot of one reservation."""
 
@@ -189,7 +187,7 @@ def choice_prompt(req: CompletionRequest, i: int) -> str:
 def completions():
     """Completions of one prompt or a list: one JSON answer, or events ending in [DONE]."""
     req = parse(json_body())
-    batch = Batch(req)
+    batch = Streams(req)
     try:
         scored = score_prompts(req)
     except BaseException:
@@ -230,7 +228,7 @@ def choice(req: CompletionRequest, i: int, run: Run | None, scored: list[Scored]
             "finish_reason": run.finish_reason if run is not None else "length"}
 
 
-def usage(req: CompletionRequest, batch: Batch) -> dict:
+def usage(req: CompletionRequest, batch: Streams) -> dict:
     # each prompt is read once, as OpenAI counts it, however many copies share it
     n_in = sum(req.input_lengths)
     n_out = sum(len(run.tokens) for run in batch.runs if run is not None)
@@ -241,7 +239,7 @@ def error_event(message: str) -> str:
     return sse.event(ApiError(500, message, "generation").openai_body())
 
 
-def events(req: CompletionRequest, batch: Batch, scored: list[Scored] | None, head: dict):
+def events(req: CompletionRequest, batch: Streams, scored: list[Scored] | None, head: dict):
     """Chunks of characters as they come, each naming its choice; a last chunk per choice with
     its finish reason; usage if asked; [DONE]."""
     if len(batch.runs) == 1 and batch.runs[0] is not None:

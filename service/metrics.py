@@ -15,7 +15,6 @@ import time
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    REGISTRY,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -27,31 +26,37 @@ bp = Blueprint("metrics", __name__)
 METHODS = {"GET", "HEAD", "POST", "OPTIONS"}
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+# the service's own registry, not prometheus_client's global one: this package can be imported
+# twice in a process (as `service` from a checkout and as `charlm_service` installed), and the
+# second would find its names taken. Under gunicorn the files are what /metrics reads anyway.
+REGISTRY = CollectorRegistry()
 # seconds: a first character comes in milliseconds; a whole answer can take a minute
 TTFC_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 REQUESTS = Counter("charlm_requests", "HTTP requests answered, by route and status",
-                   ["route", "method", "status"])
+                   ["route", "method", "status"], registry=REGISTRY)
 DURATION = Histogram("charlm_request_duration_seconds",
                      "Time from a request's arrival to its answer's last byte (streams too)",
-                     ["route"], buckets=DURATION_BUCKETS)
+                     ["route"], buckets=DURATION_BUCKETS, registry=REGISTRY)
 TTFC = Histogram("charlm_time_to_first_character_seconds",
                  "Time from a stream's start to its first generated character",
-                 buckets=TTFC_BUCKETS)
-CHARS = Counter("charlm_generated_characters", "Characters generated and sent")
+                 buckets=TTFC_BUCKETS, registry=REGISTRY)
+CHARS = Counter("charlm_generated_characters", "Characters generated and sent",
+                registry=REGISTRY)
 REJECTED = Counter("charlm_rejected_requests",
-                   "Requests answered 429: no free stream slot in the worker")
+                   "Requests answered 429: no free stream slot in the worker",
+                   registry=REGISTRY)
 BATCH = Histogram("charlm_batch_size", "Streams advanced together in each engine step",
-                  buckets=BATCH_BUCKETS)
+                  buckets=BATCH_BUCKETS, registry=REGISTRY)
 # livesum: the workers' values added up, those of workers that have exited left out
 RUNNING = Gauge("charlm_streams_running", "Streams the engines are stepping",
-                multiprocess_mode="livesum")
+                multiprocess_mode="livesum", registry=REGISTRY)
 QUEUED = Gauge("charlm_streams_queued", "Streams submitted and not yet admitted to a batch",
-               multiprocess_mode="livesum")
+               multiprocess_mode="livesum", registry=REGISTRY)
 WORKER = Gauge("charlm_worker_start_time_seconds", "When each worker process started, by pid",
-               multiprocess_mode="all")
+               multiprocess_mode="all", registry=REGISTRY)
 
 
 def on_tokens(started: float, before: int, n: int) -> None:

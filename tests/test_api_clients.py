@@ -18,6 +18,7 @@ from charlm.checkpoint import load_checkpoint
 from charlm.cli import app as cli
 from charlm.train import estimate_loss
 from charlm.vocab import Vocab
+from service.metrics import REGISTRY
 
 openai = pytest.importorskip("openai")
 
@@ -128,8 +129,12 @@ def test_langchain_batch(base_url):
     llm = lc.OpenAI(base_url=base_url + "/v1", api_key="unused", model="default",
                     max_tokens=8, temperature=0, max_retries=0, batch_size=20)
     prompts = ["The ", "First ", "a"]
+    labels = {"route": "/v1/completions", "method": "POST", "status": "200"}
+    before = REGISTRY.get_sample_value("charlm_requests_total", labels) or 0
     out = llm.batch(prompts)
     assert len(out) == 3 and all(len(t) == 8 for t in out)
+    # one request carried the three prompts
+    assert REGISTRY.get_sample_value("charlm_requests_total", labels) == before + 1
     client = openai.OpenAI(base_url=base_url + "/v1", api_key="unused")
     for p, text in zip(prompts, out, strict=True):
         alone = client.completions.create(model="default", prompt=p, max_tokens=8,
