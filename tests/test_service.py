@@ -311,6 +311,7 @@ def test_info(client, checkpoint_dir):
     limits = info["limits"]
     assert limits["max_concurrency"] == 8 and limits["max_new_tokens"] == 500
     assert limits["max_prompt_chars"] == 200 and limits["max_content_length"] == 4096
+    assert limits["max_batch_tokens"] == 16384
     assert info["load"]["requests"] == 0
 
 
