@@ -88,7 +88,7 @@ class Engine:
                     self._admit(job)
             if self._jobs:
                 self._step()
-            metrics.on_streams(len(self._jobs), len(self._joining))
+            metrics.on_turn(self, len(self._jobs), len(self._joining), self.chars)
 
     def _admit(self, job: Job) -> None:
         try:
@@ -101,7 +101,7 @@ class Engine:
         self._jobs[job.sid] = job
 
     def _step(self) -> None:
-        metrics.on_step(len(self._jobs))
+        metrics.on_step(self, len(self._jobs))
         try:
             events = self.batch.step()
         except Exception as e:

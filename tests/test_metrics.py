@@ -165,3 +165,47 @@ def test_bad_log_format_is_one_line_at_start(tmp_path, checkpoint_dir):
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
     assert r.stderr.strip() == "error: CHARLM_LOG_FORMAT must be text or json, got 'yaml'"
+
+
+def test_observe_many_is_observe_k_times():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from service.metrics import BATCH_BUCKETS, observe_many
+
+    reg = CollectorRegistry()
+    one = Histogram("one", "h", buckets=BATCH_BUCKETS, registry=reg)
+    many = Histogram("many", "h", buckets=BATCH_BUCKETS, registry=reg)
+    for size, k in [(1, 5), (3, 7), (8, 2), (200, 3)]:
+        for _ in range(k):
+            one.observe(size)
+        observe_many(many, size, k)
+    got = {s.name.replace("many", "x"): (s.labels, s.value) for s in many.collect()[0].samples
+           if not s.name.endswith("_created")}
+    want = {s.name.replace("one", "x"): (s.labels, s.value) for s in one.collect()[0].samples
+            if not s.name.endswith("_created")}
+    assert got == want and want["x_count"][1] == 17
+
+
+def test_engine_tallies_are_written_when_streams_change():
+    from service import metrics as m
+
+    class Engine:
+        name = "tally"
+
+    def value(name, **labels):
+        return m.REGISTRY.get_sample_value(name, labels) or 0.0
+
+    e = Engine()
+    steps0, chars0 = value("charlm_batch_size_count"), value("charlm_generated_characters_total")
+    m.on_turn(e, 2, 0, 0)  # two streams start
+    for k in range(10):
+        m.on_step(e, 2)
+        m.on_turn(e, 2, 0, 2 * (k + 1))
+    # mid-stream the tallies wait (a write a step would cost a tenth of it)
+    assert value("charlm_streams_running", model="tally") == 2
+    assert value("charlm_batch_size_count") == steps0
+    m.on_turn(e, 0, 0, 20)  # both finished: everything is written
+    assert value("charlm_batch_size_count") == steps0 + 10
+    assert value("charlm_batch_size_sum") >= 20
+    assert value("charlm_generated_characters_total") == chars0 + 20
+    assert value("charlm_streams_running", model="tally") == 0
