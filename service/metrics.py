@@ -115,11 +115,6 @@ def on_turn(engine: object, running: int, queued: int, chars: int) -> None:
     e = _tally(engine)
     if (running, queued) == e.streams and e.n_steps < FLUSH_STEPS:
         return
-    if (running, queued) != e.streams:
-        name = getattr(engine, "name", "model")
-        RUNNING.labels(name).set(running)
-        QUEUED.labels(name).set(queued)
-        e.streams = (running, queued)
     for size, k in e.steps.items():
         observe_many(BATCH, size, k)
     e.steps.clear()
@@ -127,6 +122,12 @@ def on_turn(engine: object, running: int, queued: int, chars: int) -> None:
     if chars > e.chars:
         CHARS.inc(chars - e.chars)
         e.chars = chars
+    # the gauges last: once they read idle, the counts above are written
+    if (running, queued) != e.streams:
+        name = getattr(engine, "name", "model")
+        RUNNING.labels(name).set(running)
+        QUEUED.labels(name).set(queued)
+        e.streams = (running, queued)
 
 
 def init_app(app: Flask) -> None:

@@ -110,7 +110,15 @@ def test_metrics_count_every_workers_requests(server):
     assert pids == set(children(pid)), "both workers answered"
     bad = post(port, "/v1/completions", {"prompt": "a", "n": 0})
     assert bad[0] == 400
-    after = samples(port)
+    # the engines write their tallies, then their gauges, once their streams have ended, which
+    # may be just after the last answer went out: wait for the gauges to read idle
+    for _ in range(50):
+        after = samples(port)
+        if total(after, "charlm_streams_running") == total(after, "charlm_streams_queued") == 0:
+            break
+        time.sleep(0.1)
+    assert total(after, "charlm_streams_running") == 0
+    assert total(after, "charlm_streams_queued") == 0
     route = {"route": "/v1/completions", "method": "POST"}
 
     def diff(name, **labels):
@@ -129,15 +137,6 @@ def test_metrics_count_every_workers_requests(server):
     # a gauge per live worker, by pid; the streams gauges summed over them, all idle now
     workers = {dict(lab)["pid"] for (n, lab) in after if n == "charlm_worker_start_time_seconds"}
     assert workers == {str(p) for p in children(pid)}
-    # the engine sets them after its step, which may be just after the last answer went out
-    idle = after
-    for _ in range(50):
-        if total(idle, "charlm_streams_running") == total(idle, "charlm_streams_queued") == 0:
-            break
-        time.sleep(0.1)
-        idle = samples(port)
-    assert total(idle, "charlm_streams_running") == 0
-    assert total(idle, "charlm_streams_queued") == 0
     # a second scrape, maybe from the other worker, sees the same counts
     again = samples(port)
     assert total(again, "charlm_requests_total", status="200", **route) == total(
