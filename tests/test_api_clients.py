@@ -146,10 +146,11 @@ def test_langchain_batch(base_url):
 
 
 def eval_sum(checkpoint, text: str) -> float:
-    """Sum of log p over text[1:], from the loss `charlm eval` computes (mean nats/char)."""
+    """Sum of log p over text[1:], from the loss `charlm eval --batch-size 1 --seq-len 25`
+    computes (mean nats/char): one stream, its state carried from window to window."""
     ck = load_checkpoint(checkpoint)
     ids = Vocab(ck.vocab).encode(text, unknown="drop")
-    return -estimate_loss(ck.model(), ids, 32, 256) * (len(ids) - 1)
+    return -estimate_loss(ck.model(), ids, 1, 25) * (len(ids) - 1)
 
 
 def test_echo_scores_the_prompt_as_charlm_eval_does(oa, checkpoint_dir, tmp_path):
@@ -163,7 +164,10 @@ def test_echo_scores_the_prompt_as_charlm_eval_does(oa, checkpoint_dir, tmp_path
     # and what the command prints (4 decimals of the mean)
     f = tmp_path / "t.txt"
     f.write_text(TEXT)
-    res = CliRunner().invoke(cli, ["eval", str(checkpoint_dir / "default.npz"), str(f)])
+    # one stream (the default, 32, splits the text into 32 pieces, each from the zero state),
+    # in windows shorter than the text, so state is carried across them as the server's is
+    res = CliRunner().invoke(cli, ["eval", str(checkpoint_dir / "default.npz"), str(f),
+                                   "--batch-size", "1", "--seq-len", "25"])
     assert res.exit_code == 0, res.output
     mean = float(res.output.split()[0])
     assert -total / (len(TEXT) - 1) == pytest.approx(mean, abs=5e-5)
