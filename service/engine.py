@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 from charlm.generate import Batch, PackedModel, Primed, SampleSettings, Token
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -86,6 +88,7 @@ class Engine:
                     self._admit(job)
             if self._jobs:
                 self._step()
+            metrics.on_turn(self, len(self._jobs), len(self._joining), self.chars)
 
     def _admit(self, job: Job) -> None:
         try:
@@ -98,6 +101,7 @@ class Engine:
         self._jobs[job.sid] = job
 
     def _step(self) -> None:
+        metrics.on_step(self, len(self._jobs))
         try:
             events = self.batch.step()
         except Exception as e:
