@@ -3,8 +3,11 @@
 Reports, per number of concurrent streams, the total chars/s served, the chars/s of the step
 kernel alone at the same batch size measured in the same run (kernel_alone: no HTTP, no
 Python per character), their ratio, and the p50/p90 time to first character (request sent to
-first event read). The clients are sockets of this process, driven by one thread on the same
-machine, so on a small machine they take some of the CPU the server would otherwise have.
+first event read). The text output adds chars per CPU second of the server's processes and of
+the kernel's (their ratio is the share of the server's compute that is kernel work, a figure
+that holds on a machine shared with other work, where wall-clock rates swing). The clients
+are sockets of this process, driven by one thread on the same machine, so on a small machine
+they take some of the CPU the server would otherwise have.
 It sits in the service package, beside the launcher it uses: charlm/ never imports service.
 """
 
@@ -50,6 +53,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process pid and its children's processes so far (Linux's
+    /proc; 0 elsewhere): what the server spent, whoever else shares the machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        pids = [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+        for p in pids:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    except (OSError, ValueError):
+        return 0.0
+    return total
 
 
 class Server:
@@ -144,7 +162,8 @@ class Stream:
         return True
 
 
-def level(port: int, streams: int, chars: int, seed: int, prompt: str) -> dict:
+def level(port: int, streams: int, chars: int, seed: int, prompt: str,
+          server_pid: int | None = None) -> dict:
     """streams clients at once, each streaming `chars` characters; their figures together.
 
     One thread drives every connection through a selector and counts events in the raw bytes
@@ -157,6 +176,7 @@ def level(port: int, streams: int, chars: int, seed: int, prompt: str) -> dict:
             "max_new_tokens": chars, "do_sample": True, "temperature": 0.8,
             "seed": seed + k}}).encode()
         clients.append(Stream(port, body))
+    cpu0 = cpu_seconds(server_pid) if server_pid else 0.0
     t0 = time.perf_counter()
     if streams == 1:  # blocking reads: waiting in select as well would cost a system call
         clients[0].send(blocking=True)
@@ -180,12 +200,13 @@ def level(port: int, streams: int, chars: int, seed: int, prompt: str) -> dict:
             raise CharlmError(f"a stream at {streams} streams sent {c.events} events, not {chars}")
     return {"ttfc": [c.first - c.t0 for c in clients],
             "per_stream": [chars / (c.end - c.t0) for c in clients],
-            "total": streams * chars / wall}
+            "total": streams * chars / wall,
+            "cpu": cpu_seconds(server_pid) - cpu0 if server_pid else 0.0}
 
 
 def kernel_alone(checkpoint: Path, streams: int, steps: int, threads: int | None,
-                 prompt: str, start=None) -> tuple[int, float]:
-    """The step kernel alone at a batch of `streams`: (characters drawn, seconds).
+                 prompt: str, start=None) -> tuple[int, float, float]:
+    """The step kernel alone at a batch of `streams`: (characters drawn, seconds, CPU seconds).
 
     A Batch of the checkpoint's model stepped in a loop by advance(): the kernel and the
     serial/threaded choice the server's engine makes, with no HTTP and no Python per
@@ -207,10 +228,10 @@ def kernel_alone(checkpoint: Path, streams: int, steps: int, threads: int | None
         batch.advance()
     if start is not None:
         start.wait()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(steps):
         batch.advance()
-    return streams * steps, time.perf_counter() - t0
+    return streams * steps, time.perf_counter() - t0, time.process_time() - cpu0
 
 
 def _kernel_worker(args: tuple, start, out) -> None:
@@ -222,9 +243,10 @@ def _kernel_worker(args: tuple, start, out) -> None:
 
 
 def kernel_rate(checkpoint: Path, streams: int, steps: int, workers: int, threads: int | None,
-                prompt: str) -> float:
+                prompt: str) -> tuple[float, float]:
     """chars/s of the step kernel alone, in `workers` processes that step at once, with the
-    streams shared among them as the server's workers share connections."""
+    streams shared among them as the server's workers share connections; and chars per CPU
+    second."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")  # a fresh interpreter: numba's thread pool is not fork-safe
@@ -256,7 +278,8 @@ def kernel_rate(checkpoint: Path, streams: int, steps: int, workers: int, thread
     failed = [r for r in results if isinstance(r, str)]
     if failed:
         raise CharlmError(f"the kernel alone failed: {failed[0]}")
-    return sum(n for n, _ in results) / max(t for _, t in results)
+    chars = sum(r[0] for r in results)
+    return chars / max(r[1] for r in results), chars / max(sum(r[2] for r in results), 1e-9)
 
 
 def run_serve_bench(json_out: bool = False, checkpoint: Path | None = None, workers: int = 1,
@@ -286,7 +309,7 @@ def run_serve_bench(json_out: bool = False, checkpoint: Path | None = None, work
             conn.request("GET", "/info")
             threads = json.loads(conn.getresponse().read())["models"][0]["kernel_threads"]
             conn.close()
-            rows = []
+            rows, cpu_ratios = [], []
             ttfc_one = []
             for _ in range(30):  # time to first character, alone, many times
                 ttfc_one.append(level(server.port, 1, 1, 1, prompt)["ttfc"][0])
@@ -295,14 +318,18 @@ def run_serve_bench(json_out: bool = False, checkpoint: Path | None = None, work
                 # on both (the server is idle while the kernel runs)
                 runs, kernel = [], []
                 for r in range(rounds):
-                    runs.append(level(server.port, n, chars, 100 * r, prompt))
+                    runs.append(level(server.port, n, chars, 100 * r, prompt, server.proc.pid))
                     kernel.append(kernel_rate(checkpoint, n, chars, workers,
                                               kernel_threads, prompt))
                 ttfc = [x for r in runs for x in r["ttfc"]]
                 if n == 1:
                     ttfc = ttfc + ttfc_one
                 served = statistics.median(r["total"] for r in runs)
-                alone = statistics.median(kernel)
+                alone = statistics.median(k[0] for k in kernel)
+                # per CPU second: what the server's work costs, however busy the machine is
+                per_cpu = statistics.median(n * chars / r["cpu"] for r in runs) if all(
+                    r["cpu"] for r in runs) else 0.0
+                cpu_ratios.append((per_cpu, statistics.median(k[1] for k in kernel)))
                 rows.append({
                     "what": "serve", "workers": workers, "streams": n,
                     "served_chars_per_s": round(served),
@@ -321,11 +348,13 @@ def run_serve_bench(json_out: bool = False, checkpoint: Path | None = None, work
           f"worker(s), {threads} kernel thread(s) each, {chars} chars per stream, "
           f"{checkpoint}; {os.cpu_count()} cores, load average {load:.2f} at the end")
     print(f"{'streams':>8} {'served chars/s':>15} {'kernel chars/s':>15} {'served/kernel':>14} "
-          f"{'ttfc ms p50/p90':>16}")
-    for r in rows:
+          f"{'ttfc ms p50/p90':>16}   {'per CPU-s: served / kernel = ratio':>34}")
+    for r, (served_cpu, kernel_cpu) in zip(rows, cpu_ratios, strict=True):
+        cpu = (f"{served_cpu:>10,.0f} / {kernel_cpu:>8,.0f} = {served_cpu / kernel_cpu:.3f}"
+               if served_cpu else "")
         print(f"{r['streams']:>8} {r['served_chars_per_s']:>15,} "
               f"{r['kernel_chars_per_s']:>15,} {r['served_over_kernel']:>14.3f} "
-              f"{r['ttfc_ms_p50']:>7.2f} / {r['ttfc_ms_p90']:<7.2f}")
+              f"{r['ttfc_ms_p50']:>7.2f} / {r['ttfc_ms_p90']:<7.2f}   {cpu}")
     checks = []
     if 1 in by:
         checks.append(f"ttfc at 1 stream {by[1]['ttfc_ms_p50']:.2f} ms <= {TARGET_TTFC_MS:g} ms "
