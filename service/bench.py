@@ -253,9 +253,10 @@ def kernel_rate(checkpoint: Path, streams: int, steps: int, workers: int, thread
     shares = [streams // workers + (w < streams % workers) for w in range(workers)]
     shares = [n for n in shares if n]
     start, out = ctx.Barrier(len(shares)), ctx.Queue()  # the workers time from one moment
-    env = {"NUMBA_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers))}
+    env = {"NUMBA_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // workers)),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # what gunicorn.conf.py gives each worker
+    os.environ.update(env)  # what gunicorn.conf.py gives each worker (the children inherit it)
     try:
         procs = [ctx.Process(target=_kernel_worker, daemon=True,
                              args=((checkpoint, n, steps, threads, prompt), start, out))
