@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
+from charlm.generate import kernels as GK
 from charlm.generate.batch import Batch
 from charlm.generate.packing import PackedModel, Primed
 from charlm.generate.settings import SampleSettings
@@ -125,6 +126,7 @@ class TapedBatch(Batch):
         super().__init__(packed, capacity)
         self.tape = tape
         self._tops: dict[int, list] = {}  # sid -> its list of top_n tuples
+        self._record = None  # record's compiled code (the types never change)
 
     def add_taped(self, primed: Primed, settings: SampleSettings, row: int,
                   tops: list | None = None) -> int:
@@ -146,4 +148,7 @@ class TapedBatch(Batch):
             s = self._streams[sid]
             if s.slot < n:
                 tops.append(self._top(s.slot, s.settings.top_n))
-        return record(self.tag[:n], self.x[:n], self.logp[:n], self.tape.arrays)
+        args = (self.tag[:n], self.x[:n], self.logp[:n], self.tape.arrays)
+        if self._record is None:
+            self._record = GK.entry_point(record, args)
+        return self._record(*args)
