@@ -85,7 +85,11 @@ class Server:
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT)
-        self.wait_healthy()
+        try:
+            self.wait_healthy()
+        except BaseException:  # __exit__ is not called when __enter__ fails: stop it here
+            self.__exit__()
+            raise
         return self
 
     def wait_healthy(self, timeout: float = 180.0) -> None:
