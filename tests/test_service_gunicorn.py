@@ -350,6 +350,6 @@ def test_the_serve_benchmark_runs(checkpoint_dir, capsys):
                           "ttfc_ms_p90"}
         assert r["what"] == "serve" and r["workers"] == 1
         assert r["served_chars_per_s"] > 0 and r["kernel_chars_per_s"] > 0
-        assert r["served_over_kernel"] == pytest.approx(
-            r["served_chars_per_s"] / r["kernel_chars_per_s"], rel=0.01)
+        assert r["served_over_kernel"] == pytest.approx(  # rounded to 3 places, the rates to 1
+            r["served_chars_per_s"] / r["kernel_chars_per_s"], rel=0.01, abs=6e-4)
         assert 0 < r["ttfc_ms_p50"] <= r["ttfc_ms_p90"]
