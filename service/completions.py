@@ -14,7 +14,7 @@ from flask import Blueprint, current_app, jsonify, request
 from charlm.generate import SampleSettings, Token
 
 from . import metrics, sse
-from .engine import GenerationError, drain
+from .engine import GenerationError, drain, ready
 from .errors import ApiError, validation
 from .generation import Run, check_prompt, client_gone
 from .models import Served
@@ -269,7 +269,7 @@ def events(req: CompletionRequest, batch: Streams, scored: list[Scored] | None, 
             out = []
             for i in list(pending):
                 run = batch.runs[i]
-                if run.job.out.empty() and run.job.error is None:
+                if not ready(run.job):
                     continue
                 tokens, reason = drain(run.job)
                 metrics.on_tokens(run.started, len(run.tokens), len(tokens))
