@@ -98,10 +98,15 @@ def bench_train(
     rounds: Annotated[int, typer.Option(min=1, help="Interleaved measurement rounds.")
                       ] = train_bench.ROUNDS,
     cells: Annotated[str, typer.Option(help="Comma-separated cells to time.")] = ",".join(CELLS),
+    default_shape: Annotated[bool, typer.Option(
+        help="Also time `charlm train`'s default shape (2x512, embedding 64, 32 x 100).")
+                             ] = True,
 ) -> None:
-    """chars/s of full training steps at 2x128 and 2x512 per cell, and the ratio to torch."""
-    train_bench.run_train_bench(batch=batch, seq_len=seq_len, rounds=rounds, json_out=json_out,
-                                 profile=profile, cells=cell_list(cells))
+    """chars/s of full training steps at 2x128 and 2x512 per cell and at the default training
+    shape, the ratio to torch, and the fraction of this machine's sgemm peak."""
+    shapes = train_bench.shapes_for(batch, seq_len, default_shape=default_shape)
+    train_bench.run_train_bench(rounds=rounds, json_out=json_out, profile=profile,
+                                 shapes=shapes, cells=cell_list(cells))
 
 
 @bench_app.command("sample")
@@ -124,7 +129,8 @@ def bench_serve(
         help="Checkpoint to serve (default: checkpoints/default.npz).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="gunicorn worker processes.")] = 1,
 ) -> None:
-    """Time to first character and chars/s of gunicorn on loopback at 1, 8 and 32 streams."""
+    """Served chars/s of gunicorn on loopback at 1, 8 and 32 streams against the step kernel's
+    own at the same batch sizes, measured in the same run, and the time to first character."""
     run_serve_bench = service_module("bench").run_serve_bench
     run_serve_bench(json_out=json_out, checkpoint=checkpoint, workers=workers)
 

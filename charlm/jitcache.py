@@ -20,7 +20,7 @@ _UserProvided = (getattr(caching, "UserProvidedCacheLocator", None)
 _InTree = getattr(caching, "InTreeCacheLocator", None) or caching._InTreeCacheLocator
 ROOT = Path(__file__).resolve().parent
 # the files that define numba functions, or hold what they inline
-KERNEL_SOURCES = ("kernels.py", "optim.py", "cells", "generate")
+KERNEL_SOURCES = ("kernels.py", "gemm.py", "optim.py", "cells", "generate")
 
 
 def kernel_sources(root: Path = ROOT) -> list[Path]:

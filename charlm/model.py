@@ -13,6 +13,7 @@ import numpy as np
 
 from charlm import kernels as K
 from charlm.cells import CELLS
+from charlm.gemm import PANEL, as_panels_into
 from charlm.limits import check_model_size
 
 DTYPES = ("float32", "float64")  # float64 for gradient checks
@@ -102,7 +103,11 @@ class Workspace:
         self.dropped = [np.empty((T, B, H), dt) for _ in range(L)]  # h * mask
         self.logits = np.empty((T * B, V), dt)
         self.R = np.empty((B, GH), dt)
-        self.UT = np.empty((GH, H), dt)
+        # U and U^T as the micro-kernel's panels, packed once per window (float32 only: float64
+        # models multiply with BLAS, and their buffers hold no panels)
+        n_up, n_utp = (-(-GH // PANEL), -(-H // PANEL)) if dt == np.float32 else (0, 0)
+        self.Up = np.zeros((n_up, H, PANEL), np.float32)
+        self.UTp = np.zeros((n_utp, GH, PANEL), np.float32)
         self.dh = np.empty((B, H), dt)
         self.dc = np.empty((B, H), dt)  # dc carried back in time (gru: dh_t z_t)
         self.dZ = np.empty((T, B, GH), dt)
@@ -207,6 +212,7 @@ class CharLSTM:
                 x = ws.outputs[-1].reshape(N, -1)
                 K.linear_forward(x, p[f"W{layer}"], self.bias_in(ws, layer), Z.reshape(N, H4))
             Hs[0], Cs[0] = state.h[layer], state.c[layer]
+            as_panels_into(p[f"U{layer}"], ws.Up)
             cell.forward(p, ws, layer)
             state.h[layer], state.c[layer] = Hs[T], Cs[T]
             out = Hs[1:]
@@ -235,6 +241,7 @@ class CharLSTM:
         for layer in range(self.config.n_layer - 1, -1, -1):
             if masks is not None:
                 ws.dH *= masks[layer]
+            as_panels_into(p[f"U{layer}"].T, ws.UTp)
             cell.backward(p, d, ws, layer)
             dZ = ws.dZ.reshape(N, -1)
             if layer > 0:

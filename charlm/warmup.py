@@ -10,8 +10,9 @@ import numba as nb
 import numpy as np
 
 from charlm.cells import KIND
+from charlm.gemm import PANEL, as_panels
 from charlm.generate import kernels as GK
-from charlm.generate.gemm import PANEL, as_panels
+from charlm.generate.tape import Tape, record
 from charlm.model import CharLSTM, ModelConfig
 from charlm.optim import OPTIMIZERS
 from charlm.train import train_step
@@ -63,6 +64,8 @@ def _generation_kernels() -> None:
                 np.zeros((B, V)), np.zeros((B, V), np.int64), np.zeros(B))
     idx = np.zeros(2, np.int64)
     GK.step(w, s, d, k)
+    tape = Tape(rows=1, width=1)  # the server's copy of each step into the streams' rows
+    record(np.zeros(B, np.int64), s.x, k.logp, tape.arrays)
     GK.prime(w, idx, s, k.h_new, k.z)
     GK.step_threads.compile(tuple(nb.typeof(a) for a in (w, s, d, k)))
     GK.prime_threads.compile(tuple(nb.typeof(a) for a in (w, idx, s, k.h_new, k.z)))

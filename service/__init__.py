@@ -19,6 +19,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         MAX_CONCURRENCY=32,  # generation requests at once per worker; past it, 429
         MAX_PROMPT_CHARS=4096,
         MAX_NEW_TOKENS=2048,  # the cap on max_new_tokens and max_tokens
+        MAX_BATCH_TOKENS=16384,  # max_tokens x prompts x n of one /v1/completions request
         DEFAULT_NEW_TOKENS=100,  # TGI's max_new_tokens when not given (OpenAI's is 16)
         MAX_TOP_N=20,  # top_n_tokens and logprobs
         MAX_STOP=4,  # stop strings per request
@@ -26,13 +27,15 @@ def create_app(test_config: dict | None = None) -> Flask:
         UNKNOWN_CHARS="error",  # prompt characters outside the vocabulary: "error" or "drop"
         MAX_CONTENT_LENGTH=64 * 1024,  # request body bytes; past it, 413
         MAX_ACTIVATIONS=4,  # /activations at once per worker (within MAX_CONCURRENCY); 429
-        MAX_ACTIVATION_VALUES=1_000_000,  # per /activations answer (about 6 MB of JSON)
+        MAX_ACTIVATION_VALUES=1_000_000,  # per /activations answer (about 1.4 MB of JSON)
         API_KEY=None,  # when set, every route but /health needs Authorization: Bearer <key>
         CORS_ORIGINS="",  # "*", or origins separated by commas
         LOAD="background",  # or "sync": load the models before returning
         # while streams share a batch, a stream writes at most this often (a stream alone
         # writes each character at once): 5 ms cost 10 us of CPU per character at 32 streams
         COALESCE_MS=20,
+        COMPRESS_MIN_BYTES=1024,  # answers shorter than this go uncompressed
+        LOG_FORMAT="text",  # gunicorn's access log: "text" or "json" (service/accesslog.py)
     )
     if test_config is None:
         app.config.from_prefixed_env("CHARLM")
@@ -42,7 +45,17 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.from_mapping(test_config)
     normalize(app.config)
 
-    from . import completions, distribution, meta, playground, security, tgi
+    from . import (
+        completions,
+        compression,
+        distribution,
+        meta,
+        metrics,
+        playground,
+        requestid,
+        security,
+        tgi,
+    )
     from .errors import register_error_handlers
     from .models import Models
     from .state import Slots, State
@@ -52,7 +65,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["charlm"] = State(models, Slots(app.config["MAX_CONCURRENCY"]),
                                      Slots(app.config["MAX_ACTIVATIONS"]))
     register_error_handlers(app)
+    # in this order: the id and the clock start first; compression sees the finished answer
+    requestid.init_app(app)
+    metrics.init_app(app)
     security.init_app(app)
+    compression.init_app(app)
     for module in (tgi, completions, distribution, meta, playground):
         app.register_blueprint(module.bp)
     if app.config["LOAD"] == "sync":
@@ -77,8 +94,8 @@ def normalize(cfg: dict) -> None:
         origins = [o.strip() for o in origins.split(",") if o.strip()]
     cfg["CORS_ORIGINS"] = [str(o).rstrip("/") for o in origins]
     for key in ("MAX_CONCURRENCY", "MAX_PROMPT_CHARS", "MAX_NEW_TOKENS", "DEFAULT_NEW_TOKENS",
-                "MAX_TOP_N", "MAX_STOP", "MAX_STOP_CHARS", "MAX_CONTENT_LENGTH",
-                "MAX_ACTIVATIONS", "MAX_ACTIVATION_VALUES"):
+                "MAX_BATCH_TOKENS", "COMPRESS_MIN_BYTES", "MAX_TOP_N", "MAX_STOP",
+                "MAX_STOP_CHARS", "MAX_CONTENT_LENGTH", "MAX_ACTIVATIONS", "MAX_ACTIVATION_VALUES"):
         if type(cfg[key]) is not int or cfg[key] < 0:
             raise CharlmError(f"CHARLM_{key} must be a whole number >= 0, got {cfg[key]!r}")
     if not isinstance(cfg["COALESCE_MS"], (int, float)) or not 0 <= cfg["COALESCE_MS"] <= 1000:
@@ -91,6 +108,8 @@ def normalize(cfg: dict) -> None:
     if cfg["UNKNOWN_CHARS"] not in ("error", "drop"):
         raise CharlmError(f"CHARLM_UNKNOWN_CHARS must be error or drop, "
                           f"got {cfg['UNKNOWN_CHARS']!r}")
+    if cfg["LOG_FORMAT"] not in ("text", "json"):
+        raise CharlmError(f"CHARLM_LOG_FORMAT must be text or json, got {cfg['LOG_FORMAT']!r}")
     if cfg["LOAD"] not in ("background", "sync"):
         raise CharlmError(f"CHARLM_LOAD must be background or sync, got {cfg['LOAD']!r}")
     if cfg["DEFAULT_NEW_TOKENS"] > cfg["MAX_NEW_TOKENS"]:

@@ -1,6 +1,10 @@
-"""JSON errors: every failure a client sees is {"error": message, "error_type": kind}."""
+"""JSON errors: {"error": message, "error_type": kind}, TGI's shape; under /v1, OpenAI's
+{"error": {"message", "type", "param", "code"}} with OpenAI's status codes, so the openai
+client raises its typed errors (BadRequestError, NotFoundError ...) with our message."""
 
-from flask import Flask, jsonify
+import re
+
+from flask import Flask, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 # status -> error_type for the errors werkzeug raises itself
@@ -10,6 +14,13 @@ HTTP_TYPES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "n
               417: "expectation_failed", 431: "headers_too_large", 500: "internal",
               501: "not_implemented"}
 MAX_MESSAGE = 300  # characters: an error is one line, whatever a client or a file put in it
+# OpenAI's error types by status; 422 is TGI's validation status, 400 with OpenAI
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                403: "permission_error", 404: "invalid_request_error",
+                408: "timeout_error", 413: "invalid_request_error",
+                415: "invalid_request_error", 422: "invalid_request_error",
+                429: "rate_limit_error", 503: "server_error"}
+PARAM = re.compile(r"`([A-Za-z_][A-Za-z0-9_.]*)")  # a message names its field first, in backticks
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
@@ -31,11 +42,27 @@ class ApiError(Exception):
     def body(self) -> dict:
         return {"error": self.message, "error_type": self.error_type}
 
+    def openai_body(self) -> dict:
+        """OpenAI's shape: our error_type is the code, the field the message names the param."""
+        param = PARAM.search(self.message) if self.status in (400, 404, 422) else None
+        return {"error": {"message": self.message,
+                          "type": OPENAI_TYPES.get(self.status, "server_error"),
+                          "param": param.group(1) if param else None, "code": self.error_type}}
+
     def response(self):
-        resp = jsonify(self.body())
-        resp.status_code = self.status
+        if is_openai():
+            resp = jsonify(self.openai_body())
+            resp.status_code = 400 if self.status == 422 else self.status
+        else:
+            resp = jsonify(self.body())
+            resp.status_code = self.status
         resp.headers.update(self.headers)
         return resp
+
+
+def is_openai() -> bool:
+    """Whether this request is to OpenAI's routes, which answer errors in OpenAI's shape."""
+    return has_request_context() and request.path.startswith("/v1/")
 
 
 class ClientGoneError(Exception):

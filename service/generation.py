@@ -14,6 +14,7 @@ from flask import current_app, request
 from charlm.errors import CharlmError
 from charlm.generate import SampleSettings, Stops, Token
 
+from . import metrics
 from .engine import Job, drain
 from .errors import ClientGoneError, validation
 from .models import Served
@@ -78,6 +79,7 @@ class Run:
         self.finish_reason: str | None = None
         self.tokens: list[Token] = []
         self._closed = False
+        self.started = time.monotonic()  # for metrics' time to first character
         slots.take()
         try:
             # read here, on the request's thread: the engine's thread, which steps every
@@ -96,6 +98,7 @@ class Run:
                 tokens, reason = drain(self.job)
                 if self.stops.strings:
                     tokens, reason = self._stop_at(tokens, reason)
+                metrics.on_tokens(self.started, len(self.tokens), len(tokens))
                 self.tokens.extend(tokens)
                 if reason is not None:
                     self.finish_reason = reason

@@ -40,8 +40,7 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("CHARLM_LOG_LEVEL", "info")
-# %(M)s: request time in ms, so streams show how long they lasted
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
+# %(M)s: request time in ms, so streams show how long they lasted (the format is set below)
 
 # gunicorn 24+ opens a control socket at one fixed path per user: two servers would collide
 control_socket_disable = True
@@ -54,3 +53,44 @@ worker_class = wsgi_app.split(":")[0] + ".worker.Worker"
 limit_request_line = 4094  # bytes of the request line; past it, 414
 limit_request_fields = 50  # headers; past it, 431
 limit_request_field_size = 8190  # bytes of one header; past it, 431
+
+# -- observability (service/metrics.py, service/requestid.py) ------------------------------------
+# the access log: one line of text with the request id, or one JSON object a line
+_log_format = os.environ.get("CHARLM_LOG_FORMAT", "text")
+if _log_format not in ("text", "json"):
+    raise SystemExit(f"error: CHARLM_LOG_FORMAT must be text or json, got {_log_format!r:.80}")
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s" id=%({x-request-id}o)s'
+if _log_format == "json":
+    logger_class = wsgi_app.split(":")[0] + ".accesslog.JsonLogger"
+
+# prometheus_client's multiprocess mode: each worker writes its samples to files in this
+# folder and /metrics, in any worker, adds them all up. Made fresh here when not given; a given
+# one is emptied at start (stale files would add a past run's counts).
+_made_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    _made_metrics_dir = tempfile.mkdtemp(prefix="charlm-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made_metrics_dir
+
+
+def on_starting(server) -> None:
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in folder.glob("*.db"):
+        f.unlink()
+
+
+def on_exit(server) -> None:
+    if _made_metrics_dir is not None:  # ours, so not left behind in /tmp
+        import shutil
+
+        shutil.rmtree(_made_metrics_dir, ignore_errors=True)
+
+
+def child_exit(server, worker) -> None:
+    # a worker that has gone: its gauges leave the live sums
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from flask import current_app
 
+from . import metrics
 from .errors import ApiError
 from .models import Models
 
@@ -19,16 +20,18 @@ class Slots:
         self.in_use = 0
         self._lock = threading.Lock()
 
-    def take(self) -> None:
+    def take(self, k: int = 1) -> None:
+        """k slots at once, or none (429)."""
         with self._lock:
-            if self.in_use >= self.limit:
+            if self.in_use + k > self.limit:
+                metrics.REJECTED.inc()
                 raise ApiError(429, f"the server is at its limit of {self.limit} concurrent "
-                               "requests; retry shortly", "overloaded", {"Retry-After": "1"})
-            self.in_use += 1
+                               "streams; retry shortly", "overloaded", {"Retry-After": "1"})
+            self.in_use += k
 
-    def give(self) -> None:
+    def give(self, k: int = 1) -> None:
         with self._lock:
-            self.in_use -= 1
+            self.in_use -= k
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -38,6 +41,34 @@ class Slots:
             yield
         finally:
             self.give()
+
+
+class Reservation:
+    """k slots taken at once for the k streams of one request (all or none, so a batch never
+    holds half its slots while it waits for the rest), handed to its runs one by one.
+
+    Each run's close gives its slot back; release() gives back those never handed out.
+    """
+
+    def __init__(self, slots: Slots, k: int) -> None:
+        slots.take(k)
+        self.slots, self.left = slots, k
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            if self.left <= 0:
+                raise RuntimeError("a reservation handed out more slots than it holds")
+            self.left -= 1
+
+    def give(self) -> None:
+        self.slots.give()
+
+    def release(self) -> None:
+        with self._lock:
+            left, self.left = self.left, 0
+        if left:
+            self.slots.give(left)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from .params import (
     get_str,
     json_body,
 )
+from .scoring import score
 from .state import current
 
 bp = Blueprint("tgi", __name__)
@@ -33,8 +34,7 @@ bp = Blueprint("tgi", __name__)
 P = "parameters."
 # TGI parameters this server has no use for: accepted at their neutral value only
 NEUTRAL = {"repetition_penalty": (1.0,), "frequency_penalty": (0, 0.0), "typical_p": (1.0,),
-           "best_of": (1,), "watermark": (False,), "decoder_input_details": (False,),
-           "grammar": (), "adapter_id": ()}
+           "best_of": (1,), "watermark": (False,), "grammar": (), "adapter_id": ()}
 FINISH = {"length": "length", "stop": "stop_sequence", "stop_sequence": "stop_sequence"}
 
 
@@ -48,6 +48,7 @@ class TgiRequest:
     stream: bool
     details: bool
     return_full_text: bool
+    decoder_input_details: bool  # details.prefill: the prompt's characters, scored
 
 
 def parse(body: dict, stream: bool | None = None) -> TgiRequest:
@@ -80,9 +81,14 @@ def parse(body: dict, stream: bool | None = None) -> TgiRequest:
                               cfg["MAX_NEW_TOKENS"], where=P),
         stop=get_stop(params, "stop", cfg["MAX_STOP"], cfg["MAX_STOP_CHARS"], where=P),
         top_n=get_int(params, "top_n_tokens", 0, 0, cfg["MAX_TOP_N"], where=P))
+    decoder_input_details = get_bool(params, "decoder_input_details", False, where=P)
+    if decoder_input_details and stream:
+        # as TGI: the prefill goes in the details of a whole answer only
+        raise validation(f"`{P}decoder_input_details` is not supported when streaming tokens")
     return TgiRequest(served, prompt, n_in, settings, sampling, stream,
                       get_bool(params, "details", False, where=P),
-                      get_bool(params, "return_full_text", False, where=P))
+                      get_bool(params, "return_full_text", False, where=P),
+                      decoder_input_details)
 
 
 def start(req: TgiRequest) -> Run:
@@ -134,17 +140,43 @@ def respond(req: TgiRequest):
     if req.stream:
         return sse.stream(events(req, run), run)
     try:
+        prefill = prefill_tokens(req) if req.details and req.decoder_input_details else []
         tokens = run.complete()
     except GenerationError as e:
         raise ApiError(500, str(e), "generation") from None
+    finally:
+        run.close()
     out = {"generated_text": full_text(req, run)}
     if req.details:
         stoi = req.served.packed.stoi
-        out["details"] = {**details(req, run), "prefill": [],
+        out["details"] = {**details(req, run), "prefill": prefill,
                           "tokens": [token(t, stoi) for t in tokens]}
         if req.settings.top_n:
             out["details"]["top_tokens"] = [top_tokens(t, stoi) for t in tokens]
     return jsonify(out)
+
+
+def prefill_tokens(req: TgiRequest) -> list[dict]:
+    """The prompt's characters as TGI's prefill: id, text, and the logprob of each given those
+    before it (the first has none: null). Scored on this thread while the engine generates."""
+    drop = current_app.config["UNKNOWN_CHARS"] == "drop"
+    s = score(req.served, req.prompt, 0, drop)
+    return [{"id": i, "text": ch, "logprob": lp}
+            for i, ch, lp in zip(s.ids, s.chars, s.logprob, strict=True)]
+
+
+@bp.post("/tokenize")
+def tokenize():
+    """The prompt's tokens as TGI lists them: each character's id, text, start and stop (the
+    character offsets of the token in the text; they are TGI's byte offsets for ASCII)."""
+    body = json_body()
+    served = current().models.get(get_str(body, "model", None))
+    prompt = get_str(body, "inputs")
+    check_prompt(served, prompt, "inputs")
+    stoi = served.packed.stoi
+    drop = current_app.config["UNKNOWN_CHARS"] == "drop"
+    return jsonify([{"id": stoi[ch], "text": ch, "start": k, "stop": k + 1}
+                    for k, ch in enumerate(prompt) if not drop or ch in stoi])
 
 
 def events(req: TgiRequest, run: Run):
@@ -169,4 +201,4 @@ def events(req: TgiRequest, run: Run):
                     "generated_text": full_text(req, run), "details": details(req, run)}))
             yield "".join(out)
     except GenerationError as e:
-        yield sse.event({"error": str(e), "error_type": "generation"})
+        yield sse.event(ApiError(500, str(e), "generation").body())

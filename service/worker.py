@@ -49,11 +49,13 @@ LINGER = 2.0  # seconds a closed connection waits for its client to close (as gt
 def json_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
     """An error answer in the service's shape, {"error", "error_type"}, then close."""
     from .errors import HTTP_TYPES, one_line
+    from .requestid import fresh
 
     body = json.dumps({"error": one_line(message) or reason,
                        "error_type": HTTP_TYPES.get(status, "http_error")}).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            f"X-Request-Id: {fresh()}\r\n\r\n")
     util.write_nonblock(sock, head.encode("latin-1") + body)
 
 

@@ -28,10 +28,11 @@ def base_url(tmp_path, checkpoint_dir):
         yield url
 
 
-def alpha(colour: str) -> float:
-    """The alpha of a computed rgb()/rgba() background."""
-    parts = re.findall(r"[\d.]+", colour)
-    return float(parts[3]) if colour.startswith("rgba") else 1.0
+def level(colour: str) -> float:
+    """The value a cell-view background shows: +1 at the scale's red (230, 80, 60), -1 at its
+    blue (80, 130, 240), 0 at white, read back from the computed rgb()."""
+    r, g, b = (int(x) for x in re.findall(r"\d+", colour)[:3])
+    return (255 - g) / 175 if r >= b else -(255 - r) / 175
 
 
 def test_a_handmade_unit_in_the_cell_view(chromium, base_url, tmp_path):
@@ -71,8 +72,8 @@ def test_a_handmade_unit_in_the_cell_view(chromium, base_url, tmp_path):
                 "spans => spans.map(s => [s.textContent, getComputedStyle(s).backgroundColor])")
             assert "".join(ch for ch, _ in shown) == text
             for ch, colour in shown:
-                a = alpha(colour)
-                assert (a > 0.99) if ch == "T" else (a < 0.01), (ch, colour)
+                v = level(colour)
+                assert (v > 0.98) if ch == "T" else (abs(v) < 0.01), (ch, colour)
             page.locator("#cells").scroll_into_view_if_needed()
             shot = tmp_path / "handmade-eraser.png"
             page.locator("#cells").screenshot(path=str(shot))
@@ -98,9 +99,9 @@ def test_a_handmade_unit_in_the_cell_view(chromium, base_url, tmp_path):
             pos = 0
             for line in text.split("\n")[1:-1]:
                 for k in range(pos + 3, pos + len(line) + 1):  # from the second letter on
-                    red, _, blue = (int(x) for x in re.findall(r"\d+", shown[k][1])[:3])
-                    assert alpha(shown[k][1]) > 0.7, (line, k)
-                    assert (red > blue) if line[1] == "T" else (blue > red), (line, shown[k])
+                    v = level(shown[k][1])
+                    assert abs(v) > 0.7, (line, k)
+                    assert (v > 0) if line[1] == "T" else (v < 0), (line, shown[k])
                 pos += len(line) + 1
             page.locator("#cells").screenshot(path=str(tmp_path / "handmade-memory.png"))
 

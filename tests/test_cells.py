@@ -4,6 +4,7 @@ The gradient checks and the plain-NumPy reference run for every cell in test_eng
 """
 
 import importlib.util
+import json
 import sys
 
 import numpy as np
@@ -193,26 +194,54 @@ def test_training_resumes_exactly_without_a_cell_state(tmp_path):
 def test_bench_train_has_a_line_per_cell(capsys, monkeypatch):
     import charlm.bench.train as bench
 
+    tiny = bench.Shape(1, 8, 3, 4, 5)
     # the peer of each cell torch has, stepped once here; a stand-in below (the peer runs as
     # many steps as ours, thousands for a model this small)
     if importlib.util.find_spec("torch"):
         for cell in bench.TORCH_CELLS:
-            assert 0 < bench.torch_step(1, 8, 4, 5, cell)() < 10
+            assert 0 < bench.torch_step(tiny, cell)() < 10
     # the stand-in is our own step: as fast as ours, so the ratio is a real number (about 1),
     # not 0.0, and the blocks take no longer than ours
     monkeypatch.setattr(bench, "torch_step", lambda *a: bench.charlm_step(*a)
                         if a[-1] in bench.TORCH_CELLS else None)
-    rows = bench.run_train_bench(batch=4, seq_len=5, rounds=1, json_out=True,
-                                 configs=((1, 8),), cells=("lstm", "peephole"))
+    rows = bench.run_train_bench(rounds=1, json_out=True, shapes=(tiny,),
+                                 cells=("lstm", "peephole"))
     lines = capsys.readouterr().out.splitlines()
+    assert [json.loads(line) for line in lines] == rows
     assert [r["cell"] for r in rows] == ["lstm", "peephole"] and len(lines) == 2
-    assert all(r["what"] == "train" and r["charlm_chars_per_s"] > 0 for r in rows)
+    assert all(r["what"] == "train" and r["chars_per_s"] > 0 and r["shape"] == "1x8/3/4x5"
+               for r in rows)
     assert rows[0]["ratio"] > 0 and rows[1]["ratio"] is None
-    bench.run_train_bench(batch=4, seq_len=5, rounds=1, profile=True, configs=((1, 8),),
-                          cells=("coupled",))
+    for r in rows:  # FLOP/s is the step's FLOPs at the measured pace, a share of the peak
+        assert r["flops_per_s"] == pytest.approx(r["flops_per_step"] * r["chars_per_s"] / 20,
+                                                 rel=1e-3)
+        assert r["peak_fraction"] == pytest.approx(r["flops_per_s"] / r["peak_flops_per_s"],
+                                                   abs=1e-3)
+    bench.run_train_bench(rounds=1, profile=True, shapes=(tiny,), cells=("coupled",))
     out = capsys.readouterr().out
-    assert out.startswith("train coupled  1x8 ") and "torch has no such cell" in out
+    assert out.startswith("train coupled  1x8/3/4x5 ") and "torch has no such cell" in out
     assert "coupled_backward" in out  # the profile wraps the cells' kernels too
+    assert "% of sgemm's" in out and "at NumPy pace" in out
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_bench_train_counts_six_flops_per_weight_and_character(cell):
+    """step_flops against the rule of thumb it must reduce to: a weight matrix applied to N rows
+    costs 2 FLOPs per weight and row going forward and 4 going back (its gradient and its
+    input's), read from the model's own parameters; the exceptions are the first layer's input
+    weights, applied to the V rows of the embedding table, and U, whose gradient to h_{t-1}
+    skips the window's first step."""
+    import charlm.bench.train as bench
+
+    shape = bench.Shape(3, 7, 5, 4, 6)
+    N = shape.batch * shape.seq_len
+    model = CharLSTM(ModelConfig(vocab_size=bench.VOCAB, n_embd=5, n_hidden=7, n_layer=3,
+                                 dropout=0.0, cell=cell))
+    p = model.params
+    Us = sum(p[f"U{layer}"].size for layer in range(3))
+    Ws = sum(p[f"W{layer}"].size for layer in (1, 2)) + p["Wy"].size
+    want = 6 * N * (Us + Ws) - 2 * shape.batch * Us + 6 * bench.VOCAB * p["W0"].size
+    assert bench.step_flops(shape, cell) == want
 
 
 def test_the_gate_loops_are_vectorised():

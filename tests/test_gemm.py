@@ -5,11 +5,14 @@ import numba as nb
 import numpy as np
 import pytest
 
-from charlm.generate.gemm import (
+from charlm.gemm import (
+    MAX_ROWS,
     PANEL,
     SHAPES,
     add_rows,
     as_panels,
+    as_panels_into,
+    matmul,
     micro_shape,
     microkernel,
     microkernel_reference,
@@ -107,8 +110,9 @@ def test_the_micro_kernel_is_its_definition_on_every_shape():
 
 
 def test_a_shape_it_was_not_compiled_for_leaves_z_alone():
-    z = np.ones((7, PANEL), np.float32)  # 7 streams: no compiled shape has that many
-    run_microkernel(np.ones((7, 3), np.float32), np.ones((1, 3, PANEL), np.float32), z)
+    r = MAX_ROWS + 1  # no compiled shape has that many streams
+    z = np.ones((r, PANEL), np.float32)
+    run_microkernel(np.ones((r, 3), np.float32), np.ones((1, 3, PANEL), np.float32), z)
     assert (z == 1).all()
 
 
@@ -116,7 +120,7 @@ GENERIC_CPU = """
 import re
 import numba as nb
 import numpy as np
-from charlm.generate.gemm import add_rows, as_panels
+from charlm.gemm import add_rows, as_panels
 
 rng = np.random.default_rng(5)
 X = rng.standard_normal((5, 33)).astype(np.float32)
@@ -150,3 +154,23 @@ def test_the_micro_kernel_works_without_avx_or_fma(tmp_path):
     M = rng.standard_normal((33, 40)).astype(np.float32)
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"),
                                   fma_chain(X, M, np.zeros((5, 40), np.float32)))
+
+
+@pytest.mark.parametrize("B, K, W", [(32, 40, 160), (7, 20, 80), (3, 80, 20)])
+def test_training_matmul_is_the_fma_chain_in_float32_and_blas_in_float64(B, K, W):
+    """matmul, the recurrent product of training: h U and dz U^T (M a transposed view, and a
+    last partial panel when W is not a multiple of 16) through panels packed into a buffer."""
+    rng = np.random.default_rng(B)
+    X = rng.standard_normal((B, K)).astype(np.float32)
+    U = rng.standard_normal((W, K)).astype(np.float32)
+    M = U.T  # a strided view, as training passes U.T
+    Mp = np.full((-(-W // PANEL), K, PANEL), np.nan, np.float32)  # every slot is written
+    as_panels_into(M, Mp)
+    np.testing.assert_array_equal(Mp, as_panels(np.ascontiguousarray(M)))
+    Y = np.full((B, W), np.nan, np.float32)  # overwritten, not accumulated into
+    nb.njit(lambda X, M, Mp, Y: matmul(X, M, Mp, Y))(X, M, Mp, Y)
+    np.testing.assert_array_equal(Y, fma_chain(X, M, np.zeros((B, W), np.float32)))
+    X64, M64 = X.astype(np.float64), M.astype(np.float64)
+    Y64 = np.full((B, W), np.nan)
+    nb.njit(lambda X, M, Mp, Y: matmul(X, M, Mp, Y))(X64, M64, Mp[:0], Y64)
+    np.testing.assert_allclose(Y64, X64 @ M64, rtol=1e-12, atol=1e-12)

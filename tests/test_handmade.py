@@ -1,6 +1,7 @@
 """The hand-weighted Reber LSTMs: exact predictions against the grammars' automata, units that
 are the automaton's states, the command, the shipped checkpoints, and unit names."""
 
+import base64
 import json
 import re
 from pathlib import Path
@@ -226,8 +227,10 @@ def test_activations_return_the_unit_names(tmp_path):
     out = client.post("/activations", json={"text": "\nBTSXSE\n",
                                             "model": "handmade-reber"}).get_json()
     assert out["unit_names"] == [handmade.build()[1]]
-    c = np.arctanh(np.clip(np.array(out["layers"][0]["tanh_c"]), -0.9999, 0.9999))
-    assert [int(np.argmax(row)) for row in c] == [0, 1, 2, 2, 4, 6, 7, 0]  # the states walked
+    # tanh(c) as int8, cell-major: (n_hidden, T) -> a row per character
+    q = np.frombuffer(base64.b64decode(out["layers"][0]["tanh_c"]), np.int8)
+    tanh_c = q.reshape(out["n_hidden"], -1).T / out["scale"]
+    assert [int(np.argmax(row)) for row in tanh_c] == [0, 1, 2, 2, 4, 6, 7, 0]  # states walked
     out = client.post("/activations", json={"text": "ab", "model": "m"}).get_json()
     assert "unit_names" not in out
     assert "handmade-embedded-reber" in [m["id"] for m in

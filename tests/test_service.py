@@ -165,7 +165,7 @@ def test_v1_models(client):
     assert all(m["object"] == "model" and m["owned_by"] == "charlm" for m in data["data"])
     assert client.get("/v1/models/small").json["id"] == "small"
     r = client.get("/v1/models/nope")
-    assert r.status_code == 404 and r.json["error_type"] == "model_not_found"
+    assert r.status_code == 404 and r.json["error"]["code"] == "model_not_found"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,10 +199,15 @@ def test_completions_logprobs_and_echo(client):
     choice = out["choices"][0]
     lp = choice["logprobs"]
     text = choice["text"]
-    assert text.startswith("ab") and "".join(lp["tokens"]) == text[2:]
-    assert lp["text_offset"] == list(range(2, 8))
-    assert all(x <= 0 for x in lp["token_logprobs"])
-    assert all(len(top) == 2 for top in lp["top_logprobs"])
+    # echo with logprobs: the prompt's characters are scored too, the first with null
+    assert text.startswith("ab") and "".join(lp["tokens"]) == text
+    assert lp["text_offset"] == list(range(8))
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(x <= 0 for x in lp["token_logprobs"][1:])
+    # the top 2, and the character itself when it is not among them (OpenAI's behaviour)
+    for ch, x, top in zip(lp["tokens"][1:], lp["token_logprobs"][1:], lp["top_logprobs"][1:],
+                          strict=True):
+        assert top[ch] == x and len(top) == (2 if sorted(top.values())[-2] <= x else 3)
 
 
 def test_completions_stop_is_left_out(client, sse):
@@ -306,6 +311,7 @@ def test_info(client, checkpoint_dir):
     limits = info["limits"]
     assert limits["max_concurrency"] == 8 and limits["max_new_tokens"] == 500
     assert limits["max_prompt_chars"] == 200 and limits["max_content_length"] == 4096
+    assert limits["max_batch_tokens"] == 16384
     assert info["load"]["requests"] == 0
 
 

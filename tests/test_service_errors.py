@@ -53,16 +53,23 @@ BAD = [
     ("/generate", {**tgi(), "model": 3}, 422, "validation", "must be a string"),
     ("/generate_stream", tgi(max_new_tokens=10**6), 422, "validation", "max_new_tokens"),
     ("/generate_stream", {**tgi(), "model": "../default"}, 404, "model_not_found", "unknown"),
-    ("/v1/completions", {"max_tokens": 5}, 422, "validation", "`prompt` is required"),
-    ("/v1/completions", {"prompt": ["a", "b"]}, 422, "validation", "exactly one"),
-    ("/v1/completions", {"prompt": "a", "max_tokens": 501}, 422, "validation", "max_tokens"),
-    ("/v1/completions", {"prompt": "a", "temperature": 2.5}, 422, "validation", "[0.0, 2.0]"),
-    ("/v1/completions", {"prompt": "a", "logprobs": 50}, 422, "validation", "logprobs"),
-    ("/v1/completions", {"prompt": "a", "n": 2}, 422, "validation", "not supported"),
+    # /v1 answers in OpenAI's shape, with 400 for what TGI's routes answer 422
+    ("/v1/completions", {"max_tokens": 5}, 400, "validation", "`prompt` is required"),
+    ("/v1/completions", {"prompt": []}, 400, "validation", "empty list"),
+    ("/v1/completions", {"prompt": [[1, 2]]}, 400, "validation", "token ids"),
+    ("/v1/completions", {"prompt": ["a", "ab\u4e16"]}, 400, "validation", "`prompt[1]`"),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 501}, 400, "validation", "max_tokens"),
+    ("/v1/completions", {"prompt": "a", "temperature": 2.5}, 400, "validation", "[0.0, 2.0]"),
+    ("/v1/completions", {"prompt": "a", "logprobs": 50}, 400, "validation", "logprobs"),
+    ("/v1/completions", {"prompt": "a", "n": 0}, 400, "validation", "`n`"),
+    ("/v1/completions", {"prompt": ["a", "b", "c"], "n": 3}, 400, "validation", "at most 8"),
+    ("/v1/completions", {"prompt": "a", "n": 2, "best_of": 3}, 400, "validation", "best_of"),
+    ("/v1/completions", {"prompt": "a", "presence_penalty": 1}, 400, "validation",
+     "not supported"),
     ("/v1/completions", {"prompt": "a", "model": "default.npz"}, 404, "model_not_found", ""),
     ("/v1/completions", {"prompt": "a", "stream": True, "model": "/etc/passwd"}, 404,
      "model_not_found", ""),
-    ("/v1/completions", {"prompt": "a", "stream_options": {"include_usage": 1}}, 422,
+    ("/v1/completions", {"prompt": "a", "stream_options": {"include_usage": 1}}, 400,
      "validation", "include_usage"),
     ("/next", {"temperature": 1.0}, 422, "validation", "`prompt` is required"),
     ("/next", {"prompt": "a", "temperature": 0}, 422, "validation", "temperature"),
@@ -83,6 +90,13 @@ def test_bad_requests_get_json_errors_before_any_stream(client, route, body, sta
     if error_type is None:
         return
     assert r.mimetype == "application/json"  # not an event stream that started
+    assert r.headers["X-Request-Id"]
+    if route.startswith("/v1/"):
+        err = r.json["error"]
+        assert set(r.json) == {"error"} and set(err) == {"message", "type", "param", "code"}
+        assert err["code"] == error_type and words in err["message"]
+        assert err["type"] == "invalid_request_error"
+        return
     assert set(r.json) == {"error", "error_type"}
     assert r.json["error_type"] == error_type
     assert words in r.json["error"]
@@ -113,7 +127,8 @@ def test_the_concurrency_cap_answers_429_at_once(app, client):
                          ("/next", {"prompt": "a"})]:
             r = client.post(route, json=b)
             assert r.status_code == 429, r.data
-            assert r.json["error_type"] == "overloaded" and r.headers["Retry-After"] == "1"
+            kind = r.json["error"]["code"] if route.startswith("/v1/") else r.json["error_type"]
+            assert kind == "overloaded" and r.headers["Retry-After"] == "1"
         assert time.perf_counter() - t0 < 1.0
         assert client.get("/health").status_code == 200  # health is not a generation
     finally:
@@ -188,7 +203,7 @@ def test_an_error_in_a_whole_request_is_a_500(app, client, monkeypatch):
 
     monkeypatch.setattr(engine.batch, "step", failing_step)
     r = client.post("/v1/completions", json={"prompt": "ab", "model": "small"})
-    assert r.status_code == 500 and r.json["error_type"] == "generation"
+    assert r.status_code == 500 and r.json["error"]["code"] == "generation"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +231,9 @@ def test_api_key(guarded):
                         {"Authorization": "Basic s3cret"}]:
             r = getattr(c, method)(route, json=body, headers=headers)
             assert r.status_code == 401, (route, headers)
-            assert r.json["error_type"] == "unauthorized"
+            err = r.json["error"]
+            assert (err["code"] if route.startswith("/v1/") else r.json["error_type"]) == \
+                "unauthorized"
             assert r.headers["WWW-Authenticate"] == "Bearer"
         r = getattr(c, method)(route, json=body, headers={"Authorization": "Bearer s3cret"})
         assert r.status_code == 200, (route, r.data)

@@ -9,11 +9,12 @@ import numba as nb
 import numpy as np
 
 from charlm.cells.cell import Cell
+from charlm.gemm import matmul
 from charlm.kernels import BLOCK, LEAF, ONE, STEP, sigmoid, tanh
 
 
 @nb.njit(**LEAF)
-def coupled_forward(Z, U, Hs, Cs, R):
+def coupled_forward(Z, U, Hs, Cs, Up, R):
     r"""Run one LSTM layer with coupled input and forget gates over T steps.
 
     .. math::
@@ -28,12 +29,13 @@ def coupled_forward(Z, U, Hs, Cs, R):
     ----------
     Z : (T, B, 3H) in: x_t W + b. out: the gates f, g, o.  U : (H, 3H).
     Hs, Cs : (T+1, B, H) h_0, c_0 on entry; step t writes Hs[t+1], Cs[t+1].
+    Up : U as the micro-kernel's panels (charlm.gemm.as_panels_into), read in float32.
     R : (B, 3H) workspace for h_{t-1} U.
     """
     T, B, H3 = Z.shape
     H = H3 // 3
     for t in range(T):
-        np.dot(Hs[t], U, R)
+        matmul(Hs[t], U, Up, R)
         for n in range(B):
             zf, zg, zo = Z[t, n, :H], Z[t, n, H : 2 * H], Z[t, n, 2 * H :]
             rf, rg, ro = R[n, :H], R[n, H : 2 * H], R[n, 2 * H :]
@@ -48,7 +50,7 @@ def coupled_forward(Z, U, Hs, Cs, R):
 
 
 @nb.njit(**LEAF)
-def coupled_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UT):
+def coupled_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UTp):
     r"""Backpropagate through one coupled LSTM layer over T steps (truncated at the window).
 
     .. math::
@@ -63,13 +65,13 @@ def coupled_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UT):
     G : (T, B, 3H) gates f, g, o from coupled_forward.  U : (H, 3H).
     Hs, Cs : (T+1, B, H) states.  dH : (T, B, H) dL/dh_t from above.
     dZ : (T, B, 3H) out: dL/dz_t.  dh, dc : (B, H) workspaces.
-    dU : (H, 3H) out: dL/dU.  UT : (3H, H) workspace.
+    dU : (H, 3H) out: dL/dU.
+    UTp : U^T as panels (as_panels_into), read in float32.
     """
     T, B, H3 = G.shape
     H = H3 // 3
     dh[:] = 0
     dc[:] = 0
-    UT[:] = U.T
     for t in range(T - 1, -1, -1):
         for n in range(B):
             gf, gg, go = G[t, n, :H], G[t, n, H : 2 * H], G[t, n, 2 * H :]
@@ -86,7 +88,7 @@ def coupled_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UT):
                 dzo[j] = dh_j * tanh_c * o * (ONE - o)
                 dc_n[j] = dc_j * f
         if t > 0:
-            np.dot(dZ[t], UT, dh)
+            matmul(dZ[t], U.T, UTp, dh)
     Hprev = Hs.reshape((T + 1) * B, H)[: T * B]
     np.dot(Hprev.T, dZ.reshape(T * B, H3), dU)
 
@@ -112,12 +114,12 @@ def coupled_step(z, P, h, c, h_new, u0, u1):
 
 
 def forward(p: dict, ws, layer: int) -> None:
-    coupled_forward(ws.Z[layer], p[f"U{layer}"], ws.Hs[layer], ws.Cs[layer], ws.R)
+    coupled_forward(ws.Z[layer], p[f"U{layer}"], ws.Hs[layer], ws.Cs[layer], ws.Up, ws.R)
 
 
 def backward(p: dict, d: dict, ws, layer: int) -> None:
     coupled_backward(ws.Z[layer], p[f"U{layer}"], ws.Hs[layer], ws.Cs[layer], ws.dH, ws.dZ,
-                     ws.dh, ws.dc, d[f"U{layer}"], ws.UT)
+                     ws.dh, ws.dc, d[f"U{layer}"], ws.UTp)
 
 
 def derived(acts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

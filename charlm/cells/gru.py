@@ -12,11 +12,12 @@ import numba as nb
 import numpy as np
 
 from charlm.cells.cell import Cell, Extra
+from charlm.gemm import matmul
 from charlm.kernels import BLOCK, LEAF, ONE, STEP, sigmoid, tanh
 
 
 @nb.njit(**LEAF)
-def gru_forward(Z, U, bh, Hs, Q, R):
+def gru_forward(Z, U, bh, Hs, Q, Up, R):
     r"""Run one GRU layer over T steps (torch's formulation, b_hn inside the reset product).
 
     .. math::
@@ -33,12 +34,13 @@ def gru_forward(Z, U, bh, Hs, Q, R):
     U : (H, 3H) recurrent weights.  bh : (H,) b_hn, the recurrent bias of n.
     Hs : (T+1, B, H) Hs[0] holds h_0 on entry; step t writes Hs[t+1].
     Q : (T, B, H) out: q_t, which the backward pass needs.
+    Up : U as the micro-kernel's panels (charlm.gemm.as_panels_into), read in float32.
     R : (B, 3H) workspace for h_{t-1} U.
     """
     T, B, H3 = Z.shape
     H = H3 // 3
     for t in range(T):
-        np.dot(Hs[t], U, R)
+        matmul(Hs[t], U, Up, R)
         for s in range(B):  # streams (n is the candidate)
             xr, xz, xn = Z[t, s, :H], Z[t, s, H : 2 * H], Z[t, s, 2 * H :]
             hr, hz, hn = R[s, :H], R[s, H : 2 * H], R[s, 2 * H :]
@@ -53,7 +55,7 @@ def gru_forward(Z, U, bh, Hs, Q, R):
 
 
 @nb.njit(**LEAF)
-def gru_backward(G, U, Q, Hs, dH, dZ, dN, dh, dh_skip, dU, dbh, UT):
+def gru_backward(G, U, Q, Hs, dH, dZ, dN, dh, dh_skip, dU, dbh, UTp):
     r"""Backpropagate through one GRU layer over T steps (truncated at the window).
 
     With dh_t = dL/dh_t (from above plus from step t+1) and a_t = x_t W_n + b_n + r_t q_t:
@@ -77,12 +79,12 @@ def gru_backward(G, U, Q, Hs, dH, dZ, dN, dh, dh_skip, dU, dbh, UT):
     Hs : (T+1, B, H) states from gru_forward.  dH : (T, B, H) dL/dh_t from above.
     dZ : (T, B, 3H) out: dL/d(x_t W + b), the input side's gradient (blocks r, z, n).
     dN : (T, B, H) workspace for da_t.  dh, dh_skip : (B, H) workspaces.
-    dU : (H, 3H) out: dL/dU.  dbh : (H,) out: dL/db_hn.  UT : (3H, H) workspace.
+    dU : (H, 3H) out: dL/dU.  dbh : (H,) out: dL/db_hn.
+    UTp : U^T as panels (as_panels_into), read in float32.
     """
     T, B, H3 = G.shape
     H = H3 // 3
     dh[:] = 0
-    UT[:] = U.T
     for t in range(T - 1, -1, -1):
         for s in range(B):
             gr, gz, gn = G[t, s, :H], G[t, s, H : 2 * H], G[t, s, 2 * H :]
@@ -98,7 +100,7 @@ def gru_backward(G, U, Q, Hs, dH, dZ, dN, dh, dh_skip, dU, dbh, UT):
                 dq[j] = da[j] * r
                 skip[j] = dh_j * z
         if t > 0:
-            np.dot(dZ[t], UT, dh)
+            matmul(dZ[t], U.T, UTp, dh)
             for s in range(B):
                 dh_s, skip = dh[s], dh_skip[s]
                 for j in range(H):
@@ -142,12 +144,13 @@ def gru_step(z, P, h, c, h_new, u0, u1):
 
 
 def forward(p: dict, ws, layer: int) -> None:
-    gru_forward(ws.Z[layer], p[f"U{layer}"], p[f"bh{layer}"], ws.Hs[layer], ws.Q[layer], ws.R)
+    gru_forward(ws.Z[layer], p[f"U{layer}"], p[f"bh{layer}"], ws.Hs[layer], ws.Q[layer], ws.Up,
+                ws.R)
 
 
 def backward(p: dict, d: dict, ws, layer: int) -> None:
     gru_backward(ws.Z[layer], p[f"U{layer}"], ws.Q[layer], ws.Hs[layer], ws.dH, ws.dZ,
-                 ws.dN[layer], ws.dh, ws.dc, d[f"U{layer}"], d[f"bh{layer}"], ws.UT)
+                 ws.dN[layer], ws.dh, ws.dc, d[f"U{layer}"], d[f"bh{layer}"], ws.UTp)
 
 
 CELL = Cell("gru", blocks=3, gates=("r", "z", "n"), sigmoid_gates=("r", "z"), has_c=False,

@@ -20,6 +20,7 @@ import numba as nb
 import numpy as np
 
 from charlm.cells.cell import Cell, Extra, scratch
+from charlm.gemm import matmul
 from charlm.kernels import BLOCK, LEAF, ONE, STEP, sigmoid, tanh
 
 EPS = 1e-5  # added to the variance under the square root
@@ -42,7 +43,7 @@ def moments(v, eps):
 
 
 @nb.njit(**LEAF)
-def lnlstm_forward(Z, U, b, gx, gh, gc, bc, Hs, Cs, XW, HU, S, eps):
+def lnlstm_forward(Z, U, b, gx, gh, gc, bc, Hs, Cs, XW, HU, S, eps, Up):
     r"""Run one layer-normalised LSTM layer over T steps.
 
     .. math::
@@ -60,11 +61,12 @@ def lnlstm_forward(Z, U, b, gx, gh, gc, bc, Hs, Cs, XW, HU, S, eps):
     Hs, Cs : (T+1, B, H) h_0, c_0 on entry; step t writes Hs[t+1], Cs[t+1] (c before LN).
     XW, HU : (T, B, 4H) out: x_t W and h_{t-1} U.  S : (T, B, 6) out: mean and 1/std of x_t W,
     h_{t-1} U and c_t.  eps : the variance's epsilon.
+    Up : U as the micro-kernel's panels (charlm.gemm.as_panels_into), read in float32.
     """
     T, B, H4 = Z.shape
     H = H4 // 4
     for t in range(T):
-        np.dot(Hs[t], U, HU[t])
+        matmul(Hs[t], U, Up, HU[t])
         for n in range(B):
             z, xw, hu, s = Z[t, n], XW[t, n], HU[t, n], S[t, n]
             xw[:] = z
@@ -88,7 +90,7 @@ def lnlstm_forward(Z, U, b, gx, gh, gc, bc, Hs, Cs, XW, HU, S, eps):
 
 @nb.njit(**LEAF)
 def lnlstm_backward(G, U, gx, gh, gc, bc, Hs, Cs, XW, HU, S, dH, dZ, dHU, dh, dc, dU, db, dgx,
-                    dgh, dgc, dbc, UT):
+                    dgh, dgc, dbc, UTp):
     r"""Backpropagate through one layer-normalised LSTM layer over T steps (truncated).
 
     With y = γ ⊙ û + β and û = (u - μ) r (r = 1/std) over n elements, LN's backward is (a bar
@@ -110,7 +112,7 @@ def lnlstm_backward(G, U, gx, gh, gc, bc, Hs, Cs, XW, HU, S, dH, dZ, dHU, dh, dc
     Hs, Cs, XW, HU, S : from lnlstm_forward.  dH : (T, B, H) dL/dh_t from above.
     dZ : (T, B, 4H) out: dL/d(x_t W).  dHU : (T, B, 4H) out: dL/d(h_{t-1} U).
     dh, dc : (B, H) workspaces.  dU : (H, 4H), db, dgx, dgh : (4H,), dgc, dbc : (H,) out.
-    UT : (4H, H) workspace.
+    UTp : U^T as the micro-kernel's panels, read in float32.
     """
     T, B, H4 = G.shape
     H = H4 // 4
@@ -121,7 +123,6 @@ def lnlstm_backward(G, U, gx, gh, gc, bc, Hs, Cs, XW, HU, S, dH, dZ, dHU, dh, dc
     dgh[:] = 0
     dgc[:] = 0
     dbc[:] = 0
-    UT[:] = U.T
     for t in range(T - 1, -1, -1):
         for n in range(B):
             gi, gf = G[t, n, :H], G[t, n, H : 2 * H]
@@ -178,7 +179,7 @@ def lnlstm_backward(G, U, gx, gh, gc, bc, Hs, Cs, XW, HU, S, dH, dZ, dHU, dh, dc
                 dhu[k] = rh * (dz[k] * gh[k] - sh1 - h_hat * sh2)
                 dz[k] = rx * (dz[k] * gx[k] - sx1 - x_hat * sx2)
         if t > 0:
-            np.dot(dHU[t], UT, dh)
+            matmul(dHU[t], U.T, UTp, dh)
     Hprev = Hs.reshape((T + 1) * B, H)[: T * B]
     np.dot(Hprev.T, dHU.reshape(T * B, H4), dU)
 
@@ -246,7 +247,7 @@ def forward(p: dict, ws, layer: int) -> None:
                    p[f"gh{layer}"].reshape(H4), p[f"gc{layer}"], p[f"bc{layer}"], ws.Hs[layer],
                    ws.Cs[layer], scratch(ws, f"XW{layer}", (T, B, H4)),
                    scratch(ws, f"HU{layer}", (T, B, H4)), scratch(ws, f"S{layer}", (T, B, 6)),
-                   ws.dh.dtype.type(EPS))
+                   ws.dh.dtype.type(EPS), ws.Up)
 
 
 def backward(p: dict, d: dict, ws, layer: int) -> None:
@@ -256,7 +257,7 @@ def backward(p: dict, d: dict, ws, layer: int) -> None:
                     ws.Cs[layer], getattr(ws, f"XW{layer}"), getattr(ws, f"HU{layer}"),
                     getattr(ws, f"S{layer}"), ws.dH, ws.dZ, scratch(ws, "dHU", (T, B, H4)),
                     ws.dh, ws.dc, d[f"U{layer}"], d[f"b{layer}"], d[f"gx{layer}"].reshape(H4),
-                    d[f"gh{layer}"].reshape(H4), d[f"gc{layer}"], d[f"bc{layer}"], ws.UT)
+                    d[f"gh{layer}"].reshape(H4), d[f"gc{layer}"], d[f"bc{layer}"], ws.UTp)
 
 
 CELL = Cell("lnlstm", blocks=4, gates=("i", "f", "g", "o"), sigmoid_gates=("i", "f", "o"),

@@ -14,11 +14,12 @@ import numba as nb
 import numpy as np
 
 from charlm.cells.cell import Cell
+from charlm.gemm import matmul
 from charlm.kernels import BLOCK, LEAF, ONE, STEP, sigmoid, tanh
 
 
 @nb.njit(**LEAF)
-def lstm_forward(Z, U, Hs, Cs, R):
+def lstm_forward(Z, U, Hs, Cs, Up, R):
     r"""Run one LSTM layer over T steps.
 
     .. math::
@@ -39,12 +40,13 @@ def lstm_forward(Z, U, Hs, Cs, R):
         nonlinearities), which the backward pass needs.
     U : (H, 4H) recurrent weights.
     Hs, Cs : (T+1, B, H) Hs[0], Cs[0] hold h_0, c_0 on entry; step t writes Hs[t+1], Cs[t+1].
+    Up : U as the micro-kernel's panels (charlm.gemm.as_panels_into), read in float32.
     R : (B, 4H) workspace for h_{t-1} U.
     """
     T, B, H4 = Z.shape
     H = H4 // 4
     for t in range(T):
-        np.dot(Hs[t], U, R)
+        matmul(Hs[t], U, Up, R)
         for n in range(B):
             # one view per gate block, so LLVM sees four streams it can vectorise
             zi, zf = Z[t, n, :H], Z[t, n, H : 2 * H]
@@ -62,7 +64,7 @@ def lstm_forward(Z, U, Hs, Cs, R):
 
 
 @nb.njit(**LEAF)
-def lstm_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UT):
+def lstm_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UTp):
     r"""Backpropagate through one LSTM layer over T steps (truncated at the window).
 
     With dh_t = dL/dh_t (from above plus from step t+1) and dc_t = dL/dc_t:
@@ -86,14 +88,13 @@ def lstm_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UT):
     dZ : (T, B, 4H) out: dL/dz_t, the gradient of the pre-activations.
     dh, dc : (B, H) workspaces for the gradient carried back in time.
     dU : (H, 4H) out: dL/dU.
-    UT : (4H, H) workspace for a contiguous copy of U^T (BLAS reads it faster than U.T).
+    UTp : U^T as the micro-kernel's panels (as_panels_into), read in float32.
     """
     T, B, H4 = G.shape
     H = H4 // 4
     # nothing flows in from beyond the window: truncated BPTT
     dh[:] = 0
     dc[:] = 0
-    UT[:] = U.T
     for t in range(T - 1, -1, -1):
         for n in range(B):
             gi, gf = G[t, n, :H], G[t, n, H : 2 * H]
@@ -113,7 +114,7 @@ def lstm_backward(G, U, Hs, Cs, dH, dZ, dh, dc, dU, UT):
                 dzo[j] = dh_j * tanh_c * o * (ONE - o)
                 dc_n[j] = dc_j * f
         if t > 0:
-            np.dot(dZ[t], UT, dh)
+            matmul(dZ[t], U.T, UTp, dh)
     # weight gradient with one large matrix multiply after the time loop
     Hprev = Hs.reshape((T + 1) * B, H)[: T * B]
     np.dot(Hprev.T, dZ.reshape(T * B, H4), dU)
@@ -150,12 +151,12 @@ def lstm_step(z, P, h, c, h_new, u0, u1):
 
 
 def forward(p: dict, ws, layer: int) -> None:
-    lstm_forward(ws.Z[layer], p[f"U{layer}"], ws.Hs[layer], ws.Cs[layer], ws.R)
+    lstm_forward(ws.Z[layer], p[f"U{layer}"], ws.Hs[layer], ws.Cs[layer], ws.Up, ws.R)
 
 
 def backward(p: dict, d: dict, ws, layer: int) -> None:
     lstm_backward(ws.Z[layer], p[f"U{layer}"], ws.Hs[layer], ws.Cs[layer], ws.dH, ws.dZ, ws.dh,
-                  ws.dc, d[f"U{layer}"], ws.UT)
+                  ws.dc, d[f"U{layer}"], ws.UTp)
 
 
 CELL = Cell("lstm", blocks=4, gates=("i", "f", "g", "o"), sigmoid_gates=("i", "f", "o"),

@@ -19,11 +19,12 @@ import numpy as np
 
 from charlm.cells.cell import Cell, scratch
 from charlm.cells.lstm import lstm_step
+from charlm.gemm import PANEL, as_panels_into, matmul
 from charlm.kernels import LEAF, ONE, STEP, sigmoid, tanh
 
 
 @nb.njit(**LEAF)
-def mlstm_forward(Z, Ug, Um, Hs, Cs, Rm, M, R):
+def mlstm_forward(Z, Ug, Um, Hs, Cs, Rm, M, R, Ugp, Ump):
     r"""Run one multiplicative LSTM layer over T steps.
 
     .. math::
@@ -40,16 +41,17 @@ def mlstm_forward(Z, Ug, Um, Hs, Cs, Rm, M, R):
     Ug : (H, 4H) m -> gates (U's first four blocks).  Um : (H, H) h -> m (U's last block).
     Hs, Cs : (T+1, B, H) h_0, c_0 on entry; step t writes Hs[t+1], Cs[t+1].
     Rm : (T, B, H) out: r_t.  M : (T, B, H) out: m_t.  R : (B, 4H) workspace for m_t U.
+    Ugp, Ump : U_g and U_m as the micro-kernel's panels (charlm.gemm), read in float32.
     """
     T, B, H5 = Z.shape
     H = H5 // 5
     for t in range(T):
-        np.dot(Hs[t], Um, Rm[t])
+        matmul(Hs[t], Um, Ump, Rm[t])
         for n in range(B):
             a, r, m = Z[t, n, 4 * H :], Rm[t, n], M[t, n]
             for j in range(H):
                 m[j] = a[j] * r[j]
-        np.dot(M[t], Ug, R)
+        matmul(M[t], Ug, Ugp, R)
         for n in range(B):
             zi, zf = Z[t, n, :H], Z[t, n, H : 2 * H]
             zg, zo = Z[t, n, 2 * H : 3 * H], Z[t, n, 3 * H : 4 * H]
@@ -66,7 +68,8 @@ def mlstm_forward(Z, Ug, Um, Hs, Cs, Rm, M, R):
 
 
 @nb.njit(**LEAF)
-def mlstm_backward(G, UgT, UmT, Hs, Cs, Rm, M, dH, dZ, dG, dR, dh, dc, dm, dUg, dUm):
+def mlstm_backward(G, UgT, UmT, Hs, Cs, Rm, M, dH, dZ, dG, dR, dh, dc, dm, dUg, dUm, UgTp,
+                   UmTp):
     r"""Backpropagate through one multiplicative LSTM layer over T steps (truncated at the window).
 
     dz^{i,f,g,o}_t as the LSTM's (lstm_backward), then through m:
@@ -85,6 +88,7 @@ def mlstm_backward(G, UgT, UmT, Hs, Cs, Rm, M, dH, dZ, dG, dR, dh, dc, dm, dUg, 
     dH : (T, B, H) dL/dh_t from above.  dZ : (T, B, 5H) out: dL/d(x_t W + b).
     dG : (T, B, 4H), dR : (T, B, H) workspaces: the gates' gradient and dr_t.
     dh, dc, dm : (B, H) workspaces.  dUg : (H, 4H), dUm : (H, H) out: the parts of dL/dU.
+    UgTp, UmTp : U_g^T and U_m^T as the micro-kernel's panels, read in float32.
     """
     T, B, H5 = G.shape
     H = H5 // 5
@@ -109,7 +113,7 @@ def mlstm_backward(G, UgT, UmT, Hs, Cs, Rm, M, dH, dZ, dG, dR, dh, dc, dm, dUg, 
                 dzo[j] = dh_j * tanh_c * o * (ONE - o)
                 dc_n[j] = dc_j * f
             dZ[t, n, : 4 * H] = dG[t, n]
-        np.dot(dG[t], UgT, dm)
+        matmul(dG[t], UgT, UgTp, dm)
         for n in range(B):
             a, r, dm_n = G[t, n, 4 * H :], Rm[t, n], dm[n]
             da, dr = dZ[t, n, 4 * H :], dR[t, n]
@@ -117,7 +121,7 @@ def mlstm_backward(G, UgT, UmT, Hs, Cs, Rm, M, dH, dZ, dG, dR, dh, dc, dm, dUg, 
                 da[j] = dm_n[j] * r[j]
                 dr[j] = dm_n[j] * a[j]
         if t > 0:
-            np.dot(dR[t], UmT, dh)
+            matmul(dR[t], UmT, UmTp, dh)
     Hprev = Hs.reshape((T + 1) * B, H)[: T * B]
     np.dot(M.reshape(T * B, H).T, dG.reshape(T * B, 4 * H), dUg)
     np.dot(Hprev.T, dR.reshape(T * B, H), dUm)
@@ -146,10 +150,20 @@ def mlstm_step(z, P, h, c, h_new, u0, u1):
 def forward(p: dict, ws, layer: int) -> None:
     U = p[f"U{layer}"]
     H = U.shape[0]
+    # contiguous copies for float64's BLAS (gradient checks); float32 reads the panels
     Ug, Um = scratch(ws, "Ug", (H, 4 * H)), scratch(ws, "Um", (H, H))
-    Ug[:], Um[:] = U[:, : 4 * H], U[:, 4 * H :]  # contiguous: BLAS reads them faster
+    Ug[:], Um[:] = U[:, : 4 * H], U[:, 4 * H :]
+    # the model packed all of U into ws.Up: U_g is its first 4H columns (the product reads no
+    # further), and U_m the panels after them when 4H falls on a panel's edge (H a multiple of
+    # 4), else U_m is packed apart
+    first, rest = divmod(4 * H, PANEL)
+    if rest == 0 or ws.Up.shape[0] == 0:
+        Ump = ws.Up[first:]
+    else:
+        Ump = scratch(ws, "Ump", (-(-H // PANEL), H, PANEL))
+        as_panels_into(Um, Ump)
     mlstm_forward(ws.Z[layer], Ug, Um, ws.Hs[layer], ws.Cs[layer], ws.Rm[layer], ws.M[layer],
-                  scratch(ws, "R4", (ws.B, 4 * H)))
+                  scratch(ws, "R4", (ws.B, 4 * H)), ws.Up, Ump)
 
 
 def backward(p: dict, d: dict, ws, layer: int) -> None:
@@ -159,9 +173,12 @@ def backward(p: dict, d: dict, ws, layer: int) -> None:
     UgT, UmT = scratch(ws, "UgT", (4 * H, H)), scratch(ws, "UmT", (H, H))
     UgT[:], UmT[:] = U[:, : 4 * H].T, U[:, 4 * H :].T
     dUg, dUm = scratch(ws, "dUg", (H, 4 * H)), scratch(ws, "dUm", (H, H))
+    # ws.UTp holds U^T's panels: U_g^T is their first 4H rows and U_m^T the rest (the
+    # micro-kernel reads a panel's rows by its strides, so slices along k serve as they are)
     mlstm_backward(ws.Z[layer], UgT, UmT, ws.Hs[layer], ws.Cs[layer], ws.Rm[layer], ws.M[layer],
                    ws.dH, ws.dZ, scratch(ws, "dG", (T, B, 4 * H)), scratch(ws, "dR", (T, B, H)),
-                   ws.dh, ws.dc, scratch(ws, "dm", (B, H)), dUg, dUm)
+                   ws.dh, ws.dc, scratch(ws, "dm", (B, H)), dUg, dUm, ws.UTp[:, : 4 * H],
+                   ws.UTp[:, 4 * H :])
     dU[:, : 4 * H], dU[:, 4 * H :] = dUg, dUm
 
 

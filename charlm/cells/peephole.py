@@ -11,11 +11,12 @@ import numba as nb
 import numpy as np
 
 from charlm.cells.cell import Cell, Extra
+from charlm.gemm import matmul
 from charlm.kernels import BLOCK, LEAF, ONE, STEP, sigmoid, tanh
 
 
 @nb.njit(**LEAF)
-def peephole_forward(Z, U, P, Hs, Cs, R):
+def peephole_forward(Z, U, P, Hs, Cs, Up, R):
     r"""Run one peephole LSTM layer over T steps.
 
     .. math::
@@ -32,13 +33,14 @@ def peephole_forward(Z, U, P, Hs, Cs, R):
     Z : (T, B, 4H) in: x_t W + b. out: the gates i, f, g, o.  U : (H, 4H).
     P : (3, H) the peephole weights p_i, p_f, p_o (diagonal: one per unit).
     Hs, Cs : (T+1, B, H) h_0, c_0 on entry; step t writes Hs[t+1], Cs[t+1].
+    Up : U as the micro-kernel's panels (charlm.gemm.as_panels_into), read in float32.
     R : (B, 4H) workspace for h_{t-1} U.
     """
     T, B, H4 = Z.shape
     H = H4 // 4
     pi, pf, po = P[0], P[1], P[2]
     for t in range(T):
-        np.dot(Hs[t], U, R)
+        matmul(Hs[t], U, Up, R)
         for n in range(B):
             zi, zf = Z[t, n, :H], Z[t, n, H : 2 * H]
             zg, zo = Z[t, n, 2 * H : 3 * H], Z[t, n, 3 * H :]
@@ -55,7 +57,7 @@ def peephole_forward(Z, U, P, Hs, Cs, R):
 
 
 @nb.njit(**LEAF)
-def peephole_backward(G, U, P, Hs, Cs, dH, dZ, dh, dc, dU, dP, UT):
+def peephole_backward(G, U, P, Hs, Cs, dH, dZ, dh, dc, dU, dP, UTp):
     r"""Backpropagate through one peephole LSTM layer over T steps (truncated at the window).
 
     .. math::
@@ -74,14 +76,14 @@ def peephole_backward(G, U, P, Hs, Cs, dH, dZ, dh, dc, dU, dP, UT):
     G : (T, B, 4H) gates from peephole_forward.  U : (H, 4H).  P : (3, H).
     Hs, Cs : (T+1, B, H) states from peephole_forward.  dH : (T, B, H) dL/dh_t from above.
     dZ : (T, B, 4H) out: dL/dz_t.  dh, dc : (B, H) workspaces.
-    dU : (H, 4H) out: dL/dU.  dP : (3, H) out: dL/dP.  UT : (4H, H) workspace.
+    dU : (H, 4H) out: dL/dU.  dP : (3, H) out: dL/dP.
+    UTp : U^T as panels (as_panels_into), read in float32.
     """
     T, B, H4 = G.shape
     H = H4 // 4
     dh[:] = 0
     dc[:] = 0
     dP[:] = 0
-    UT[:] = U.T
     pi, pf, po = P[0], P[1], P[2]
     dpi, dpf, dpo = dP[0], dP[1], dP[2]
     for t in range(T - 1, -1, -1):
@@ -107,7 +109,7 @@ def peephole_backward(G, U, P, Hs, Cs, dH, dZ, dh, dc, dU, dP, UT):
                 dpf[j] += df * c_prev[j]
                 dpo[j] += do * c[j]
         if t > 0:
-            np.dot(dZ[t], UT, dh)
+            matmul(dZ[t], U.T, UTp, dh)
     Hprev = Hs.reshape((T + 1) * B, H)[: T * B]
     np.dot(Hprev.T, dZ.reshape(T * B, H4), dU)
 
@@ -142,12 +144,12 @@ def peephole_step(z, P, h, c, h_new, u0, u1):
 
 def forward(p: dict, ws, layer: int) -> None:
     peephole_forward(ws.Z[layer], p[f"U{layer}"], p[f"P{layer}"], ws.Hs[layer], ws.Cs[layer],
-                     ws.R)
+                     ws.Up, ws.R)
 
 
 def backward(p: dict, d: dict, ws, layer: int) -> None:
     peephole_backward(ws.Z[layer], p[f"U{layer}"], p[f"P{layer}"], ws.Hs[layer], ws.Cs[layer],
-                      ws.dH, ws.dZ, ws.dh, ws.dc, d[f"U{layer}"], d[f"P{layer}"], ws.UT)
+                      ws.dH, ws.dZ, ws.dh, ws.dc, d[f"U{layer}"], d[f"P{layer}"], ws.UTp)
 
 
 CELL = Cell("peephole", blocks=4, gates=("i", "f", "g", "o"), sigmoid_gates=("i", "f", "o"),

@@ -7,6 +7,8 @@ same loop is made fast, one module per job:
 - api.py: Generator, one stream, and next_distribution;
 - batch.py: Batch, the streams of a server advanced together, with stop strings (stops.py)
   and the choice between the serial and the threaded kernel;
+- tape.py: TapedBatch, a server's Batch that writes each step's draws into the streams' rows
+  of a Tape, for the request threads to read;
 - packing.py: the weights laid out for the step (PackedModel);
 - kernels.py: the step itself (every layer, the cell from charlm.cells, the head, the draw);
 - draw.py: softmax, temperature, top-k, top-p and the counter-based RNG;

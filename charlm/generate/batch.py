@@ -140,7 +140,8 @@ class Batch:
         # stream when slots are reordered
         state = {"x": ((), np.int64), "h": ((L, H), f32), "c": ((L, self.packed.c_units), f32),
                  "temperature": ((), np.float64), "top_k": ((), np.int64),
-                 "top_p": ((), np.float64), "key": ((), np.uint64), "counter": ((), np.uint64)}
+                 "top_p": ((), np.float64), "key": ((), np.uint64), "counter": ((), np.uint64),
+                 "tag": ((), np.int64)}  # the caller's number for the stream (a tape row)
         for name, (shape, dtype) in state.items():
             new = np.zeros((capacity, *shape), dtype)
             if self._capacity:
@@ -196,8 +197,9 @@ class Batch:
         return sid in self._streams
 
     def add(self, prompt: str | Primed = "", settings: SampleSettings | None = None,
-            drop_unknown: bool = False) -> int:
+            drop_unknown: bool = False, tag: int = -1) -> int:
         """Add a stream that has read prompt; start it with settings (or later with start()).
+        tag is the caller's own number for it, kept beside its state (see advance()).
 
         Raises CharlmError for characters outside the vocabulary (unless drop_unknown) before
         anything changes. The prompt is read now (PackedModel.read), unless it was read
@@ -213,6 +215,7 @@ class Batch:
         self._streams[s.id] = s
         self._at.append(s)
         self.x[slot], self.h[slot], self.c[slot] = primed
+        self.tag[slot] = tag
         if settings is not None:
             self.start(s.id, settings)
         return s.id
@@ -258,13 +261,23 @@ class Batch:
         self._at.pop()
         self._finished = [ev for ev in self._finished if ev.stream != sid]
 
+    def advance(self) -> int:
+        """Run the step kernel over the running streams and nothing else; how many ran.
+
+        Their characters and log-probabilities are then in x[:n] and logp[:n], slot by slot,
+        and tag[:n] says whose they are (slots move as streams come and go). Stop strings and
+        max_new_chars are the caller's to apply (step() does that).
+        """
+        if self._n_running == 0:
+            return 0
+        self._run_step(self._kernel_args())
+        return self._n_running
+
     def step(self) -> list[Event]:
         """Advance every running stream by one character; one event per stream with news."""
         events, self._finished = self._finished, []
-        if self._n_running == 0:
+        if not self.advance():
             return events
-        args = self._kernel_args()
-        self._run_step(args)
         itos, at, done = self.packed.itos, self._at, []
         x, logp = self._drawn  # the running slots' characters and their log-probabilities
         for slot, (v, lp) in enumerate(zip(x.tolist(), logp.tolist(), strict=True)):

@@ -23,8 +23,8 @@ import numpy as np
 
 from charlm.cells import cell_step
 from charlm.cells.mlstm import mlstm_multiply
+from charlm.gemm import add_rows
 from charlm.generate.draw import EXACT, draw, uniform
-from charlm.generate.gemm import add_rows
 from charlm.kernels import MATVEC
 
 

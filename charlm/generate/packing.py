@@ -18,8 +18,8 @@ import numpy as np
 
 from charlm.cells import CELLS, KIND
 from charlm.errors import CharlmError
+from charlm.gemm import PANEL, as_panels
 from charlm.generate import kernels as GK
-from charlm.generate.gemm import PANEL, as_panels
 from charlm.kernels import BLOCK
 from charlm.model import CharLSTM
 from charlm.vocab import Vocab

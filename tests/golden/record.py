@@ -7,7 +7,9 @@ restructure, which left every figure as it was (but /next's last bits, renormali
 library's log_softmax, and the peephole and coupled LSTM's, which then varied with numba's
 cache); recorded again when the cells' packed steps stopped contracting sums of products, which
 changed generation on purpose; the multiplicative and layer-normalised LSTM's entries were
-added later, every earlier entry as it was. Record again only for a change meant to alter output.
+added later, every earlier entry as it was, and recorded again (their training runs and
+/activations, nothing else) when their recurrent products moved onto the panel micro-kernel and
+/activations took its lean form. Record again only for a change meant to alter output.
 """
 
 import hashlib

@@ -1,17 +1,25 @@
-"""The GEMM of generation: z += X M for a batch of streams, M stored as 16-column panels.
+"""The small GEMM of the recurrent loops: z += X M for a batch of streams, M stored as panels.
+
+Generation runs it for every layer of every step; training for h_{t-1} U and dz_t U^T inside
+the time loops (matmul), where BLAS would pack U afresh at every step: the panels are packed
+once per window instead (as_panels_into).
 
 A step of B streams multiplies a (B, K) block of inputs by each (K, G H) weight matrix. Written
 as numba loops, every pass over k loads and stores the accumulators z from memory: numba
 cannot tell LLVM that z does not alias M, so the sums never stay in registers, and the loads
 and stores, not the arithmetic, set the pace (about 55 GF/s on one core). `microkernel` is the
 classic GEMM micro-kernel instead, written directly in LLVM IR: R streams x Q panels of 16
-columns are held in 2RQ vector registers (at most 12) while k runs over the whole of K, and
+columns are held in 2RQ ymm registers (at most 12) while k runs over the whole of K, and
 each step of k loads the panels' row once for all R streams: about 90 GF/s on the same core,
 the FMA units' pace.
 
 Tuned for x86-64 with AVX2 and FMA (Zen 3, and Intel since Haswell): 16 ymm registers of 8
-float32. LLVM compiles the same IR for any CPU numba targets: without AVX the 8-wide vectors
-are split into SSE halves, and without FMA each fused multiply-add becomes a call to libm's
+float32, two to a panel. Where numba compiles for a CPU with AVX-512 the vectors are 16 wide,
+one zmm register to a panel, and a call holds up to 24 of the 32 (R = 8 streams x Q = 3
+panels): twice the FMA width, measured 1.5-2.4x the ymm kernel's pace at B = 32 on a loaded
+2-core Xeon (and the same bits: the vector width does not change any element's chain). LLVM
+compiles the same IR for any CPU numba targets: without AVX the vectors are split into SSE
+parts, and without FMA each fused multiply-add becomes a call to libm's
 fmaf, so the results are the same bit for bit, only slower (a test builds it for a generic
 x86-64 without either and compares).
 
@@ -31,21 +39,35 @@ do not depend on what else is in its tile.
 
 import numba as nb
 import numpy as np
+from llvmlite import binding as ll
 from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic
+from numba.core import cgutils, config, types
+from numba.extending import intrinsic, overload
 
 from charlm.kernels import MATVEC
 
-PANEL = 16  # columns per panel: two AVX vectors of float32
-MAX_ACC = 12  # vector accumulators one call may hold (2 R Q), leaving registers for the rest
+
+def avx512() -> bool:
+    """Whether numba compiles for a CPU with AVX-512F: the host's, unless NUMBA_CPU_NAME names
+    another (then its NUMBA_CPU_FEATURES say)."""
+    if config.CPU_NAME and config.CPU_NAME != "host":
+        return "+avx512f" in (config.CPU_FEATURES or "")
+    return bool(ll.get_host_cpu_features().get("avx512f", False))
+
+
+PANEL = 16  # columns per panel: two AVX vectors of float32, or one AVX-512 vector
+LANES = 16 if avx512() else 8  # float32 per vector register
+VECS = PANEL // LANES  # vector registers per panel row
+# vector accumulators one call may hold (VECS R Q), leaving registers for the panel row and x
+MAX_ACC = 24 if LANES == 16 else 12
+MAX_ROWS = 8 if LANES == 16 else 6  # streams per call
 MAX_PANELS = 4  # panels per call (one stream: 8 independent chains hide the FMA latency)
 # the (streams, panels) shapes `microkernel` is compiled for
-SHAPES = tuple((r, q) for r in range(1, MAX_ACC // 2 + 1)
-               for q in range(1, MAX_PANELS + 1) if 2 * r * q <= MAX_ACC)
+SHAPES = tuple((r, q) for r in range(1, MAX_ROWS + 1)
+               for q in range(1, MAX_PANELS + 1) if VECS * r * q <= MAX_ACC)
 
 _F32 = ir.FloatType()
-_V8 = ir.VectorType(_F32, 8)
+_VEC = ir.VectorType(_F32, LANES)  # one vector register of float32
 _I32 = ir.IntType(32)
 
 
@@ -53,10 +75,9 @@ _I32 = ir.IntType(32)
 def micro_shape(B: int) -> tuple[int, int]:
     """Streams and panels per micro-kernel call for a batch of B: stream blocks as even as can
     be, and as many panels as the accumulators allow."""
-    rows = MAX_ACC // 2
-    blocks = -(-B // rows)
+    blocks = -(-B // MAX_ROWS)
     r = -(-B // blocks)
-    return r, min(MAX_PANELS, MAX_ACC // (2 * r))
+    return r, min(MAX_PANELS, MAX_ACC // (VECS * r))
 
 
 @intrinsic
@@ -69,7 +90,7 @@ def microkernel(typingctx, X, Mp, z):
     Parameters
     ----------
     X : (R, K) float32 inputs, any strides.
-    Mp : (Q, K, 16) float32 panels, each C-contiguous (a slice of pack_panels' output).
+    Mp : (Q, K, 16) float32 panels, each C-contiguous (a slice of as_panels_into' output).
     z : (R, 16 Q) float32 accumulators, contiguous along each row.
 
     (R, Q) must be one of SHAPES (micro_shape gives one); any other shape does nothing.
@@ -93,9 +114,9 @@ def microkernel(typingctx, X, Mp, z):
         byte = ir.IntType(8).as_pointer()
         xb, mb, zb = (builder.bitcast(a.data, byte) for a in (xa, ma, za))
         fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_V8, [_V8] * 3), "llvm.fma.v8f32")
-        undef = ir.Constant(_V8, ir.Undefined)
-        splat = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
+            builder.module, ir.FunctionType(_VEC, [_VEC] * 3), f"llvm.fma.v{LANES}f32")
+        undef = ir.Constant(_VEC, ir.Undefined)
+        splat = ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES)
 
         def const(v):
             return ir.Constant(cgutils.intp_t, v)
@@ -122,18 +143,18 @@ def microkernel(typingctx, X, Mp, z):
                 # the accumulators: allocas that LLVM promotes to registers
                 acc = {}
                 for n in range(r):
-                    for col in range(0, PANEL * q, 8):
+                    for col in range(0, PANEL * q, LANES):
                         offset = add(builder.mul(const(n), z_n), const(4 * col))
-                        slot = cgutils.alloca_once(builder, _V8)
-                        builder.store(builder.load(at(zb, offset, _V8), align=4), slot)
+                        slot = cgutils.alloca_once(builder, _VEC)
+                        builder.store(builder.load(at(zb, offset, _VEC), align=4), slot)
                         acc[n, col] = (slot, offset)
                 with cgutils.for_range(builder, K) as loop:
                     k = loop.index
                     row = builder.mul(k, m_k)
                     m = {col: builder.load(at(mb, add(builder.mul(const(col // PANEL), m_q),
-                                                      row, const(4 * (col % PANEL))), _V8),
+                                                      row, const(4 * (col % PANEL))), _VEC),
                                            align=4)
-                         for col in range(0, PANEL * q, 8)}
+                         for col in range(0, PANEL * q, LANES)}
                     for n in range(r):
                         xnk = builder.load(at(xb, add(builder.mul(const(n), x_n),
                                                       builder.mul(k, x_k)), _F32), align=4)
@@ -144,7 +165,7 @@ def microkernel(typingctx, X, Mp, z):
                             slot = acc[n, col][0]
                             builder.store(builder.call(fma, [xnk, mv, builder.load(slot)]), slot)
                 for slot, offset in acc.values():
-                    builder.store(builder.load(slot), at(zb, offset, _V8), align=4)
+                    builder.store(builder.load(slot), at(zb, offset, _VEC), align=4)
                 builder.branch(done)
         builder.position_at_end(done)
         return context.get_dummy_value()
@@ -225,3 +246,37 @@ def add_rows(X, Mp, z, j0, width):
                 for k in range(K):
                     acc = fma(X[n, k], M[k, j], acc)
                 z[n, c0 + j] = acc
+
+
+@nb.njit(cache=True, nogil=True)
+def as_panels_into(M, Mp):
+    """as_panels into a buffer: Mp[p, k, j] = M[k, PANEL p + j], zeros past M's columns.
+
+    M may be any 2-D view (training packs U^T as U.T). A buffer of zero panels (float64 models,
+    which do not use panels) is left as it is.
+    """
+    K, W = M.shape
+    for p in range(Mp.shape[0]):
+        for k in range(K):
+            for j in range(PANEL):
+                col = PANEL * p + j
+                Mp[p, k, j] = M[k, col] if col < W else 0
+
+
+def matmul(X, M, Mp, Y):
+    """Y = X M for the time loops of training, with M's panels Mp (as_panels_into) in float32."""
+    np.dot(X, M, Y)
+
+
+@overload(matmul, jit_options=MATVEC)
+def _matmul_overload(X, M, Mp, Y):
+    if isinstance(X, types.Array) and X.dtype == types.float32:
+        # the micro-kernel reads the panels packed once per window; BLAS (sgemm) would pack
+        # all of M again at every step, which costs about as much as the product at B = 32
+        def matmul_panels(X, M, Mp, Y):
+            Y[:] = 0
+            add_rows(X, Mp, Y, 0, Y.shape[1])
+
+        return matmul_panels
+    # float64 is for gradient checks: BLAS's dgemm
+    return lambda X, M, Mp, Y: np.dot(X, M, Y)
