@@ -100,6 +100,32 @@ def test_float32_forward_close_to_float64(cell):
     np.testing.assert_allclose(l32, l64, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("n_hidden", [6, 32])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_float32_gradients_close_to_float64(cell, n_hidden):
+    """The float32 backward pass (its recurrent products on the panel micro-kernel) agrees with
+    float64's BLAS. At 6 units mlstm's U_m starts inside a panel (4H = 24), so it is packed apart;
+    at 32 it is the panels after U_g's."""
+    cfg32 = ModelConfig(vocab_size=11, n_embd=5, n_hidden=n_hidden, n_layer=2, dropout=0.0,
+                        cell=cell)
+    cfg64 = ModelConfig(**{**cfg32.to_dict(), "dtype": "float64"})
+    m64 = CharLSTM(cfg64, seed=2)
+    rng = np.random.default_rng(3)
+    m64.theta[:] = rng.uniform(-2, 2, m64.n_params) / np.sqrt(n_hidden)
+    m32 = CharLSTM(cfg32, theta=m64.theta.astype(np.float32))
+    idx, targets = rng.integers(0, 11, (5, 9)), rng.integers(0, 11, (5, 9))
+    s64 = m64.zero_state(5)
+    s64.h[:] = rng.uniform(-0.5, 0.5, s64.h.shape)
+    s64.c[:] = rng.uniform(-0.5, 0.5, s64.c.shape)
+    s32 = State(s64.h.astype(np.float32), s64.c.astype(np.float32))
+    l64 = m64.loss_and_grad(idx, targets, s64)
+    l32 = m32.loss_and_grad(idx, targets, s32)
+    assert m32.grad.dtype == np.float32
+    assert abs(l32 - l64) <= 1e-6 * l64
+    np.testing.assert_allclose(m32.grad, m64.grad, rtol=1e-3, atol=1e-5 * np.abs(m64.grad).max())
+    np.testing.assert_allclose(s32.h, s64.h, atol=1e-6)
+
+
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_state_carries_across_windows(cell):
     """Two windows of T with carried state equal one window of 2T."""
