@@ -163,9 +163,11 @@ def eval_(
     dynamic: Annotated[bool, typer.Option(
         "--dynamic", help="Dynamic evaluation (Krause et al. 2018): read FILE as one stream in "
                           "segments of --seg-len; score each segment, then adapt the weights "
-                          "on it (theta -= lr g / (sqrt(MS_g) + eps), and a decay toward the "
-                          "trained weights); print the static and dynamic loss side by side. "
-                          "The checkpoint is not changed.")] = False,
+                          "on it: theta += -lr g / (sqrt(MS_g) + eps) + decay min(RMS_norm, "
+                          "1/decay) (theta_trained - theta), where g is the segment's gradient, "
+                          "MS_g the mean squared gradient on training text (--stats) and "
+                          "RMS_norm = sqrt(MS_g) / its mean. Prints the static and dynamic "
+                          "loss side by side. The checkpoint is not changed.")] = False,
     seg_len: Annotated[int, typer.Option(help="--dynamic: characters per segment (n).")
                        ] = DynamicConfig.seg_len,
     lr: Annotated[float, typer.Option(help="--dynamic: learning rate eta, in [0, 1] (0: the "
