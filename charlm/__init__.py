@@ -5,12 +5,13 @@ import types
 
 __version__ = "0.1.0"
 
-__all__ = ["CharlmError", "Evaluation", "Model", "load", "train"]
+__all__ = ["CharlmError", "DynamicResult", "Evaluation", "Model", "load", "train"]
 
 # what `import charlm` offers, imported on first use: the import itself stays instant (numba,
 # numpy and the kernels load only when a model is trained or loaded)
 _LAZY = {"train": "charlm.api", "load": "charlm.api", "Model": "charlm.api",
-         "Evaluation": "charlm.api", "CharlmError": "charlm.errors"}
+         "Evaluation": "charlm.api", "DynamicResult": "charlm.dynamic",
+         "CharlmError": "charlm.errors"}
 
 
 class _Package(types.ModuleType):

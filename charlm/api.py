@@ -4,6 +4,7 @@
     model = charlm.train("my.txt", n_hidden=256, max_minutes=5)  # the CLI's options
     print(model.sample("ROMEO:", length=200, seed=1))
     model = charlm.load("checkpoints/best.npz")
+    r = model.evaluate_dynamic(text)  # r.static_loss, r.dynamic_loss: Krause et al.'s adaptation
 
 The options, their defaults and their checks are the command line's (TrainConfig, ModelConfig);
 training shows the same progress bar (rich: a terminal, or a Jupyter notebook) and writes the
@@ -16,6 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
+from charlm.dynamic import DynamicConfig, DynamicResult
 from charlm.errors import CharlmError
 from charlm.generate import Distribution, Generator, SampleSettings
 from charlm.model import CharLSTM, ModelConfig
@@ -127,6 +129,36 @@ class Model:
             raise CharlmError("the text has fewer than 2 characters the model knows")
         loss = estimate_loss(self._model, ids, batch_size, seq_len)
         return Evaluation(loss, loss / LN2, len(ids) - 1, len(text) - len(ids))
+
+    def evaluate_dynamic(self, text: str, stats_text: str | None = None, *,
+                         seg_len: int = DynamicConfig.seg_len, lr: float = DynamicConfig.lr,
+                         decay: float = DynamicConfig.decay, eps: float = DynamicConfig.eps,
+                         stats_chars: int = DynamicConfig.stats_chars,
+                         stats_batch_size: int = DynamicConfig.stats_batch_size
+                         ) -> DynamicResult:
+        """Dynamic evaluation, as `charlm eval --dynamic`: the static and the dynamic loss of
+        text (one stream, scored a segment of seg_len at a time, then adapted on it; see
+        charlm/dynamic.py for the rule). stats_text: training text for the gradient
+        statistics; None: the corpus this model was trained on (its training part), if that
+        file is still there unchanged. This model's weights are not changed."""
+        from charlm.dynamic import dynamic_evaluate, gradient_rms, statistics_ids
+        from charlm.vocab import Vocab
+
+        if not isinstance(text, str) or not isinstance(stats_text, (str, type(None))):
+            raise CharlmError("evaluate_dynamic() takes text (and stats_text) as str")
+        cfg = DynamicConfig(seg_len, lr, decay, eps, stats_chars, stats_batch_size)
+        cfg.validate()
+        ids = Vocab(self._vocab).encode(text, unknown="drop")
+        if len(ids) < 2:
+            raise CharlmError("the text has fewer than 2 characters the model knows")
+        if stats_text is None:
+            stats_ids, _ = statistics_ids(self._meta, self._vocab, hint="pass stats_text, "
+                                          "text like the model's training text")
+        else:
+            stats_ids = Vocab(self._vocab).encode(stats_text, unknown="drop")
+        rms, n_stats = gradient_rms(self._model, stats_ids, seg_len, stats_batch_size,
+                                    stats_chars)
+        return dynamic_evaluate(self._model, ids, rms, cfg, n_stats)
 
     def save(self, path: str | Path) -> Path:
         """Write the model for serving and sampling (`charlm export`'s copy: weights, config,

@@ -10,6 +10,7 @@ import typer
 
 from charlm import reber
 from charlm.cli_groups import bench_app, corpus_app, experiment_app, reber_app
+from charlm.dynamic import DynamicConfig
 from charlm.errors import CharlmError
 from charlm.generate import SampleSettings
 from charlm.model import ModelConfig
@@ -136,6 +137,7 @@ def train(
 @app.command("eval")
 @friendly
 def eval_(
+    ctx: typer.Context,
     checkpoint: Annotated[Optional[Path], typer.Argument(  # noqa: UP045
         help="A checkpoint file or directory; left out: the newest model in checkpoints/, "
              "else checkpoints/default.npz.", show_default=False)] = None,
@@ -155,14 +157,54 @@ def eval_(
         min=0.0, max=1.0, help="--grammar: a character is predicted when its probability is "
                                "above this.")] = reber.THRESHOLD,
     seed: Annotated[int, typer.Option(help="Seed of the --grammar strings.")] = 12345,
+    val_frac: Annotated[float, typer.Option(
+        min=0.0, max=0.5, help="Score only the last VAL_FRAC of FILE, split as `charlm train "
+                               "--val-frac` holds it out (0: all of FILE).")] = 0.0,
+    dynamic: Annotated[bool, typer.Option(
+        "--dynamic", help="Dynamic evaluation (Krause et al. 2018): read FILE as one stream in "
+                          "segments of --seg-len; score each segment, then adapt the weights "
+                          "on it: theta += -lr g / (sqrt(MS_g) + eps) + decay min(RMS_norm, "
+                          "1/decay) (theta_trained - theta), where g is the segment's gradient, "
+                          "MS_g the mean squared gradient on training text (--stats) and "
+                          "RMS_norm = sqrt(MS_g) / its mean. Prints the static and dynamic "
+                          "loss side by side. The checkpoint is not changed.")] = False,
+    seg_len: Annotated[int, typer.Option(help="--dynamic: characters per segment (n).")
+                       ] = DynamicConfig.seg_len,
+    lr: Annotated[float, typer.Option(help="--dynamic: learning rate eta, in [0, 1] (0: the "
+                                           "static loss).")] = DynamicConfig.lr,
+    decay: Annotated[float, typer.Option(help="--dynamic: decay lambda toward the trained "
+                                              "weights per segment, in [0, 1].")
+                     ] = DynamicConfig.decay,
+    eps: Annotated[float, typer.Option(help="--dynamic: epsilon added to sqrt(MS_g).")
+                   ] = DynamicConfig.eps,
+    stats: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="--dynamic: the text the gradient statistics MS_g are collected on (training "
+             "text). Default: the checkpoint's training corpus, its training part, if the file "
+             "is still there unchanged.")] = None,
+    stats_chars: Annotated[int, typer.Option(
+        help="--dynamic: collect MS_g over at most this many characters of --stats.")
+    ] = DynamicConfig.stats_chars,
+    stats_batch_size: Annotated[int, typer.Option(
+        help="--dynamic: parallel streams while collecting MS_g.")
+    ] = DynamicConfig.stats_batch_size,
 ) -> None:
     """Loss of a model on a text, in nats/char and bits/char (unknown characters are skipped);
-    with --grammar, how well it predicts a Reber grammar.
+    with --grammar, how well it predicts a Reber grammar; with --dynamic, the loss of the model
+    adapting to the text as it reads it, beside the static loss.
 
     `charlm eval FILE` scores FILE with the default model.
     """
     from charlm.checkpoint import load_checkpoint
 
+    dyn_options = {"seg_len", "lr", "decay", "eps", "stats", "stats_chars", "stats_batch_size"}
+    typed = sorted(n for n in dyn_options
+                   if getattr(ctx.get_parameter_source(n), "name", "") != "DEFAULT")
+    if typed and not dynamic:
+        raise CharlmError(f"--{typed[0].replace('_', '-')} is an option of --dynamic")
+    if dynamic:
+        config(DynamicConfig, ctx.params).validate()  # before anything is read
+        if grammar is not None:
+            raise CharlmError("--dynamic scores a FILE, not a --grammar")
     if file is None and checkpoint is not None and not is_checkpoint(checkpoint):
         checkpoint, file = None, checkpoint  # one argument, a text: score it
     ck = load_checkpoint(checkpoint_for(checkpoint))
@@ -185,15 +227,51 @@ def eval_(
     from charlm.vocab import Vocab
 
     text = read_text(file, encoding_errors=encoding_errors.value)
+    if val_frac:  # the characters `charlm train --val-frac` holds out
+        text = text[int(len(text) * (1 - val_frac)):]
     vocab = Vocab(ck.vocab)
     ids = vocab.encode(text, unknown="drop")
     skipped = len(text) - len(ids)
     if len(ids) < 2:
         raise CharlmError(f"{file} has fewer than 2 characters the model knows")
+    if dynamic:
+        _eval_dynamic(ck, ids, file, skipped, config(DynamicConfig, ctx.params), stats,
+                      encoding_errors.value)
+        return
     loss = estimate_loss(ck.model(), ids, batch_size, seq_len)
     typer.echo(f"{loss:.4f} nats/char  {loss / LN2:.4f} bits/char  over {len(ids) - 1:,} "
                f"characters of {file}" + (f" ({skipped:,} not in the vocabulary, skipped)"
                                            if skipped else ""))
+
+
+def _eval_dynamic(ck, ids, file: Path, skipped: int, cfg: DynamicConfig, stats: Path | None,
+                  encoding_errors: str) -> None:
+    """`charlm eval --dynamic`: gradient statistics, then the static and dynamic passes."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from charlm.dynamic import dynamic_evaluate, gradient_rms, statistics_ids
+
+    stats_ids, source = statistics_ids(ck.meta, list(ck.vocab),
+                                       None if stats is None else str(stats), encoding_errors)
+    model = ck.model()
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}%"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("gradient statistics", total=None)
+        rms, n_stats = gradient_rms(model, stats_ids, cfg.seg_len, cfg.stats_batch_size,
+                                    cfg.stats_chars)
+        bar.update(task, description="dynamic evaluation", total=len(ids) - 1, completed=0)
+        r = dynamic_evaluate(model, ids, rms, cfg, n_stats,
+                             progress=lambda done, total: bar.update(task, completed=done))
+    typer.echo(f"static   {r.static_loss:.4f} nats/char  {r.static_bpc:.4f} bits/char\n"
+               f"dynamic  {r.dynamic_loss:.4f} nats/char  {r.dynamic_bpc:.4f} bits/char\n"
+               f"over {r.n_chars:,} characters of {file}, one stream in segments of "
+               f"{cfg.seg_len}" + (f" ({skipped:,} not in the vocabulary, skipped)"
+                                   if skipped else "")
+               + f"; lr {cfg.lr:g}, decay {cfg.decay:g}, eps {cfg.eps:g}; gradient statistics "
+               f"from {n_stats:,} characters of {source}")
 
 
 @app.command()
