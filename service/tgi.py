@@ -3,6 +3,7 @@
 A token is one character. Stop sequences end the text and stay in it, as in TGI.
 """
 
+import functools
 import json
 import secrets
 from dataclasses import dataclass
@@ -179,20 +180,36 @@ def tokenize():
                     for k, ch in enumerate(prompt) if not drop or ch in stoi])
 
 
+@functools.lru_cache(maxsize=16)
+def token_heads(itos: tuple[str, ...]) -> dict[str, str]:
+    """For each character of a vocabulary, its event's JSON from after the index up to the
+    logprob's value: the hot path fills in only the two numbers."""
+    return {ch: f',"token":{{"id":{i},"text":{sse.text_json(ch)},"logprob":'
+            for i, ch in enumerate(itos)}
+
+
+TOKEN_TAIL = ',"special":false},"top_tokens":'
+EVENT_TAIL = ',"generated_text":null,"details":null}\n\n'
+
+
 def events(req: TgiRequest, run: Run):
     """One event per character; the last one also carries generated_text and details."""
-    stoi, index, top_n = req.served.packed.stoi, 0, req.settings.top_n
+    packed, index, top_n = req.served.packed, 0, req.settings.top_n
+    stoi, heads = packed.stoi, token_heads(tuple(packed.itos))
     try:
         for chunk in run.chunks():
             last = chunk[-1] if run.finish_reason is not None and chunk else None
-            out = []
-            for tok in chunk[:-1] if last else chunk:
-                # the hot path: one event per character, built from pieces, not json.dumps
-                top = json.dumps(top_tokens(tok, stoi), separators=(",", ":")) if top_n else "[]"
-                out.append(f'data: {{"index":{index},"token":{{"id":{stoi[tok.char]},"text":'
-                           f'{sse.text_json(tok.char)},"logprob":{tok.logprob!r},"special":false'
-                           f'}},"top_tokens":{top},"generated_text":null,"details":null}}\n\n')
-                index += 1
+            body = chunk[:-1] if last else chunk
+            # the hot path: one event per character, built from pieces, not json.dumps, all
+            # of a drain's events in one pass
+            if top_n:
+                out = [f'data: {{"index":{index + k}{heads[tok.char]}{tok.logprob!r}{TOKEN_TAIL}'
+                       f'{json.dumps(top_tokens(tok, stoi), separators=(",", ":"))}{EVENT_TAIL}'
+                       for k, tok in enumerate(body)]
+            else:
+                out = [f'data: {{"index":{index + k}{heads[tok.char]}{tok.logprob!r}{TOKEN_TAIL}'
+                       f'[]{EVENT_TAIL}' for k, tok in enumerate(body)]
+            index += len(body)
             if run.finish_reason is not None:
                 # the last character's event carries the text and details, as in TGI
                 out.append(sse.event({

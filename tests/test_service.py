@@ -87,6 +87,26 @@ def test_stream_events_add_up_to_the_final_text(client, sse):
                     )["generated_text"] == last["generated_text"]
 
 
+@pytest.mark.parametrize("top_n", [0, 3])
+def test_stream_events_are_the_json_of_the_whole_answers_tokens(client, top_n):
+    """The hot path builds each event from pieces; its bytes are those json.dumps gives for the
+    tokens of the same request answered whole (CHARS has a newline and a quote to escape)."""
+    import json
+
+    body = {"inputs": "To be", "parameters": {"max_new_tokens": 40, "seed": 4, "do_sample": True,
+                                              "temperature": 3.0, "top_n_tokens": top_n}}
+    raw = client.post("/generate_stream", json=body).get_data(as_text=True)
+    whole = client.post("/generate", json={**body, "parameters": {
+        **body["parameters"], "details": True}}).json["details"]
+    blocks = raw.split("\n\n")[:-1]
+    assert len(blocks) == 40
+    for k, block in enumerate(blocks[:-1]):
+        want = {"index": k, "token": whole["tokens"][k],
+                "top_tokens": whole["top_tokens"][k] if top_n else [],
+                "generated_text": None, "details": None}
+        assert block == "data: " + json.dumps(want, ensure_ascii=False, separators=(",", ":"))
+
+
 @pytest.mark.parametrize("route", ["/generate", "/"])
 def test_stream_true_on_generate_and_root(client, sse, route):
     body = {"inputs": "ab", "parameters": {"max_new_tokens": 6, "seed": 5, "do_sample": True}}
