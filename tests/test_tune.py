@@ -260,7 +260,7 @@ def test_kill_9_mid_trial_then_rerun_resumes(corpus, tmp_path):
 def test_ctrl_c_fails_the_running_trial_and_queues_it_again(corpus, tmp_path):
     out = tmp_path / "out"
     args = [str(corpus), "--space", str(corpus.parent / "space.toml"), "--trials", "1",
-            "--minutes-per-trial", "0.12", "--eval-every", "20", "--out", str(out)]
+            "--minutes-per-trial", "0.4", "--eval-every", "20", "--out", str(out)]
     proc = subprocess.Popen([sys.executable, "-m", "charlm.cli", "tune", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
