@@ -184,6 +184,8 @@ def lnlstm_backward(G, U, gx, gh, gc, bc, Hs, Cs, XW, HU, S, dH, dZ, dHU, dh, dc
     np.dot(Hprev.T, dHU.reshape(T * B, H4), dU)
 
 
+# moments again, under STEP: numba's cache index does not key on flags, so one Python function
+# jitted twice (fastmath for training, exact for generation) could load the other's code
 @nb.njit(**STEP)
 def _moments_step(v, eps):
     """mean(v) and 1 / sqrt(var(v) + eps) in order of v's elements (generation's, exact)."""
